@@ -1,0 +1,69 @@
+# Flywheel — every entry point sets itself up: a fresh machine needs python3.11, java 17 and mvn.
+# Downloads are cached outside the clone in $(FLYWHEEL_CACHE); the virtualenvs live in the clone.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+FLYWHEEL_CACHE ?= $(HOME)/.cache/flywheel
+export FLYWHEEL_CACHE
+UV_VERSION := 0.13.9
+UV := $(FLYWHEEL_CACHE)/tools/uv-$(UV_VERSION)/bin/uv
+export UV_CACHE_DIR := $(FLYWHEEL_CACHE)/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := hardlink
+export PYTHONUNBUFFERED := 1
+
+VENV := .venv
+TRAINER_VENV := .venv-trainer
+PY := $(VENV)/bin/python
+TPY := $(TRAINER_VENV)/bin/python
+MEMBERS := pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+LIGHT_PKGS := libs/common/flywheel_common libs/devkit/flywheel_devkit \
+              services/ingest/flywheel_ingest services/curator/flywheel_curator
+PYTEST_ARGS ?=
+
+.PHONY: help setup setup-trainer kafka-jars lint test test-light test-trainer demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	python3.11 -m venv $(FLYWHEEL_CACHE)/tools/uv-$(UV_VERSION)
+	$(FLYWHEEL_CACHE)/tools/uv-$(UV_VERSION)/bin/pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(MEMBERS) | $(UV)
+	$(UV) sync --locked
+	touch $@
+
+# Only this environment has torch/transformers/trl/peft.
+$(TRAINER_VENV)/.synced: $(MEMBERS) | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(TRAINER_VENV) $(UV) sync --locked --group trainer
+	touch $@
+
+$(FLYWHEEL_CACHE)/kafka/.fetched: $(VENV)/.synced
+	$(VENV)/bin/flywheel-kafka fetch
+	touch $@
+
+setup: $(VENV)/.synced kafka-jars ## light environment (ingest, curator, tests) + Kafka jars
+setup-trainer: $(TRAINER_VENV)/.synced ## trainer environment (torch)
+kafka-jars: $(FLYWHEEL_CACHE)/kafka/.fetched
+
+lint: $(VENV)/.synced $(TRAINER_VENV)/.synced ## ruff + mypy strict on the packages
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(LIGHT_PKGS)
+	$(TRAINER_VENV)/bin/mypy services/trainer/flywheel_trainer
+
+test-light: setup ## tests that need no torch (common, ingest, curator)
+	$(PY) -m pytest tests --ignore=tests/trainer $(PYTEST_ARGS)
+
+test-trainer: setup setup-trainer ## trainer tests (tiny models on CPU, real broker and tables)
+	$(TPY) -m pytest tests/trainer $(PYTEST_ARGS)
+
+test: lint test-light test-trainer ## the whole suite, as CI runs it
+
+demo: setup ## run the flywheel locally and show what it does
+	$(PY) -m demo
+
+clean: ## remove the environments and local outputs (the download cache stays)
+	rm -rf $(VENV) $(TRAINER_VENV) lake runs demo-out .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,62 @@
+"""The ``flywheel`` command. Each installed service contributes subcommands through the
+``flywheel.cli`` entry-point group, so a light environment (no torch) has only the light ones.
+
+An entry point named ``curate`` or ``data.pin`` points at a ``Command``: a callable that
+configures its argparse parser and returns the handler to run. Dots nest subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import Protocol
+
+from flywheel_common.errors import FlywheelError
+
+__all__ = ["Command", "Handler", "build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Command(Protocol):
+    def __call__(self, parser: argparse.ArgumentParser) -> Handler: ...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.split("\n\n")[0])
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups[""] = top
+    for ep in sorted(entry_points(group="flywheel.cli"), key=lambda e: e.name):
+        *path, leaf = ep.name.split(".")
+        parent = ""
+        for part in path:
+            key = f"{parent}.{part}" if parent else part
+            if key not in groups:
+                sub = groups[parent].add_parser(part, help=f"{part} commands")
+                groups[key] = sub.add_subparsers(
+                    dest=f"{key}_command", required=True, metavar="COMMAND"
+                )
+            parent = key
+        command: Command = ep.load()
+        doc = (command.__doc__ or "").strip()
+        sub = groups[parent].add_parser(leaf, help=doc.split("\n")[0], description=doc)
+        sub.set_defaults(handler=command(sub))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except FlywheelError as exc:
+        print(f"flywheel: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
