@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol
 
 from flywheel_common.errors import FlywheelError
@@ -40,11 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
                     dest=f"{key}_command", required=True, metavar="COMMAND"
                 )
             parent = key
-        command: Command = ep.load()
+        command = _load_command(ep)
         doc = (command.__doc__ or "").strip()
         sub = groups[parent].add_parser(leaf, help=doc.split("\n")[0], description=doc)
         sub.set_defaults(handler=command(sub))
     return parser
+
+
+def _load_command(ep: EntryPoint) -> Command:
+    """Load a plugin; one that cannot be imported becomes a command that explains why, so a
+    broken service never takes the other commands down."""
+    try:
+        command: Command = ep.load()
+    except (ImportError, AttributeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+
+        def unavailable(parser: argparse.ArgumentParser) -> Handler:
+            """(unavailable in this environment)"""
+
+            def run(args: argparse.Namespace) -> int:
+                print(
+                    f"flywheel: {ep.name.replace('.', ' ')} is unavailable: {reason}",
+                    file=sys.stderr,
+                )
+                return 2
+
+            return run
+
+        return unavailable
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,77 @@
+"""The public surface of flywheel_common: exported names, logs, errors, the CLI shell."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import types
+
+import flywheel_common
+import pytest
+from flywheel_common import FlywheelError, JsonFormatter, LakeSettings
+from flywheel_common.errors import DecodeError, SinkCommitError, UnknownSchemaError
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(flywheel_common).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert set(flywheel_common.__all__) == public
+
+
+def test_error_tree() -> None:
+    assert issubclass(UnknownSchemaError, DecodeError)
+    assert issubclass(SinkCommitError, FlywheelError)
+    err = SinkCommitError("dpo_pairs", "conflict")
+    assert "dpo_pairs" in str(err) and err.table == "dpo_pairs"
+
+
+def test_json_logs_carry_extra_fields() -> None:
+    record = logging.LogRecord("svc", logging.WARNING, __file__, 1, "lost %s", ("nothing",), None)
+    record.partition = 2
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "lost nothing"
+    assert line["level"] == "warning" and line["partition"] == 2
+    assert line["ts"].endswith("Z")
+
+
+def test_lake_table_uris() -> None:
+    assert LakeSettings(uri="s3://b/lake/").table_uri("dpo_pairs") == "s3://b/lake/dpo_pairs"
+
+
+def test_flywheel_cli_lists_commands_and_exits_cleanly() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "flywheel_common.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "COMMAND" in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "flywheel_common.cli", "no-such-command"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_a_broken_plugin_does_not_take_the_cli_down() -> None:
+    from importlib.metadata import EntryPoint
+
+    from flywheel_common.cli import _load_command
+
+    broken = EntryPoint("x", "no_such_module_anywhere:cmd", "flywheel.cli")
+    parser = __import__("argparse").ArgumentParser()
+    handler = _load_command(broken)(parser)
+    assert handler(parser.parse_args([])) == 2
+
+
+@pytest.mark.parametrize("name", ["codec", "kafka", "settings", "errors", "logs", "topics", "cli"])
+def test_every_module_has_a_docstring(name: str) -> None:
+    module = __import__(f"flywheel_common.{name}", fromlist=["_"])
+    assert (module.__doc__ or "").strip()
