@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import types
+import uuid
 
 import flywheel_common
 import pytest
@@ -75,3 +76,25 @@ def test_a_broken_plugin_does_not_take_the_cli_down() -> None:
 def test_every_module_has_a_docstring(name: str) -> None:
     module = __import__(f"flywheel_common.{name}", fromlist=["_"])
     assert (module.__doc__ or "").strip()
+
+
+def test_topics_cli_creates_and_lists(kafka_bootstrap: str) -> None:
+    prefix = f"cli{uuid.uuid4().hex[:8]}"
+    base = [sys.executable, "-m", "flywheel_common.cli", "topics"]
+    args = ["--bootstrap-servers", kafka_bootstrap, "--prefix", prefix]
+    missing = subprocess.run([*base, "list", *args], capture_output=True, text=True, check=False)
+    assert missing.returncode == 1 and "missing" in missing.stdout
+    first = subprocess.run(
+        [*base, "create", *args, "--partitions", "3"], capture_output=True, text=True, check=True
+    )
+    assert first.stdout.count("created") == 5
+    again = subprocess.run(
+        [*base, "create", *args, "--partitions", "3"], capture_output=True, text=True, check=True
+    )
+    assert again.stdout.count("exists") == 5
+    wrong = subprocess.run(
+        [*base, "create", *args, "--partitions", "4"], capture_output=True, text=True, check=False
+    )
+    assert wrong.returncode == 2 and "co-partitioning" in wrong.stderr
+    listed = subprocess.run([*base, "list", *args], capture_output=True, text=True, check=True)
+    assert f"{prefix}.flywheel.runs.v1\t3" in listed.stdout
