@@ -1,0 +1,1 @@
+"""`make demo`: the flywheel run locally, step by step (`python -m demo`)."""

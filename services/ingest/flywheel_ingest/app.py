@@ -1,0 +1,205 @@
+"""The HTTP routes of the webhook (Starlette). Each event route runs the same checks, in the
+order that costs least for a bad request: key (401), content type (415), size (413), signature
+(401), rate (429), fields (400/422); then publishes and answers 202 only after the broker's ack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import version as dist_version
+from typing import Any
+
+import orjson
+from flywheel_common import AvroCodec, EncodeError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from flywheel_ingest.auth import Authenticator, RateLimiter
+from flywheel_ingest.errors import (
+    PayloadTooLarge,
+    RequestRejected,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from flywheel_ingest.metrics import IngestMetrics
+from flywheel_ingest.models import RECORD_NAMES, RouteName, parse_events, to_record
+from flywheel_ingest.openapi import EVENT_ROUTES, build_openapi
+from flywheel_ingest.publisher import EventRecord, Publisher, PublishRejected
+from flywheel_ingest.settings import IngestSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_JSON = "application/json"
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type=_JSON)
+
+
+def _internal_error() -> Response:
+    return _json(500, {"errors": [{"loc": [], "msg": "internal error", "type": "internal"}]})
+
+
+def _check_content_type(request: Request) -> None:
+    raw = request.headers.get("content-type", "")
+    media, _, params = raw.partition(";")
+    charset = params.strip().lower()
+    if media.strip().lower() != _JSON or charset not in ("", "charset=utf-8"):
+        raise UnsupportedMediaType(
+            f"Content-Type must be {_JSON} (UTF-8), not {raw or 'missing'!r}",
+            loc=("header", "content-type"),
+            type="unsupported_media_type",
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+
+    def too_large() -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"body larger than {limit} bytes", loc=("body",), type="body_too_large"
+        )
+
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def create_app(settings: IngestSettings, *, codec: AvroCodec | None = None) -> Starlette:
+    """The ASGI app. Its lifespan starts and stops the Kafka publisher."""
+    codec = codec or AvroCodec()
+    metrics = IngestMetrics()
+    authenticator = Authenticator(
+        settings.api_keys,
+        rate_per_s=settings.rate_per_s,
+        burst=settings.burst,
+        tolerance_s=settings.signature_tolerance_s,
+    )
+    limiter = RateLimiter(retry_after_s=settings.retry_after_s)
+    publisher = Publisher(
+        settings.kafka,
+        codec=codec,
+        metrics=metrics,
+        ack_timeout_s=settings.ack_timeout_s,
+        linger_ms=settings.linger_ms,
+        queue_max_messages=settings.queue_max_messages,
+        delivery_timeout_ms=settings.delivery_timeout_ms,
+        health_probe_interval_s=settings.health_probe_interval_s,
+    )
+    topics = settings.kafka.topics
+    retry_after = {"retry-after": str(settings.retry_after_s)}
+    openapi = orjson.dumps(build_openapi(settings, version=dist_version("flywheel-ingest")))
+    requests_total = metrics.requests
+    events_total = {t: metrics.events.labels(t) for t in RECORD_NAMES}
+
+    def event_route(route: RouteName) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            received_at_ms = time.time_ns() // 1_000_000
+            try:
+                tenant = authenticator.authenticate(request.headers)
+                _check_content_type(request)
+                body = await _read_body(request, settings.max_body_bytes)
+                authenticator.verify_signature(tenant, request.headers, body)
+                events = parse_events(body, route=route, max_events=settings.max_batch_events)
+                limiter.acquire(tenant, len(events))
+                ids: list[str] = []
+                records: list[EventRecord] = []
+                for event in events:
+                    event_id, record = to_record(
+                        event, tenant=tenant.name, received_at_ms=received_at_ms
+                    )
+                    ids.append(event_id)
+                    records.append(
+                        EventRecord(RECORD_NAMES[event.type], topics.for_event(event.type), record)
+                    )
+                try:
+                    await publisher.publish(records)
+                except PublishRejected as exc:
+                    metrics.unavailable.labels(exc.reason).inc()
+                    raise Unavailable(
+                        f"events not acknowledged ({exc}); retry with the same event_ids",
+                        type=exc.reason,
+                        headers=retry_after,
+                    ) from exc
+            except RequestRejected as exc:
+                requests_total.labels(route, exc.status).inc()
+                log.info(
+                    "request rejected",
+                    extra={"route": route, "status": exc.status, "error": exc.errors[0]["type"]},
+                )
+                return _json(exc.status, {"errors": exc.errors}, exc.headers)
+            except EncodeError:
+                # The models are checked against the schemas, so this is a bug; say so loudly.
+                log.exception("event does not fit its schema", extra={"route": route})
+                requests_total.labels(route, 500).inc()
+                return _internal_error()
+            except Exception:
+                # Never let one request take the service down; count it and keep serving.
+                log.exception("unexpected error", extra={"route": route})
+                requests_total.labels(route, 500).inc()
+                return _internal_error()
+            for event in events:
+                events_total[event.type].inc()
+            requests_total.labels(route, 202).inc()
+            return _json(202, {"event_ids": ids})
+
+        return endpoint
+
+    async def healthz(request: Request) -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if publisher.reachable:
+            return _json(200, {"status": "ready"})
+        return _json(503, {"status": "broker unreachable"}, retry_after)
+
+    async def metrics_route(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi_route(request: Request) -> Response:
+        return Response(openapi, 200, media_type=_JSON)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await publisher.start()
+        log.info(
+            "ingest ready",
+            extra={"kafka": settings.kafka.bootstrap_servers, "tenants": len(settings.api_keys)},
+        )
+        try:
+            yield
+        finally:
+            await publisher.close()
+            log.info("ingest stopped")
+
+    routes = [
+        Route(path, event_route(name), methods=["POST"])
+        for path, (name, _model, _summary) in EVENT_ROUTES.items()
+    ]
+    routes += [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/openapi.json", openapi_route, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.publisher = publisher
+    app.state.metrics = metrics
+    return app

@@ -1,0 +1,272 @@
+"""Events to Kafka, with an awaitable acknowledgement per request.
+
+One idempotent ``acks=all`` producer per process. ``publish()`` encodes a request's events
+(Avro single-object encoding), hands them to librdkafka keyed by ``run_id`` and awaits one
+future that resolves when the broker has acknowledged the last of them. Delivery callbacks run
+on a poll thread; it collects the requests they complete and wakes the event loop once per
+poll with ``call_soon_threadsafe``, not once per event.
+
+Failure is answered quickly with ``PublishRejected`` (the app turns it into 503 +
+``Retry-After``):
+
+- ``broker_down``: librdkafka reported ``_ALL_BROKERS_DOWN``, or the periodic metadata probe
+  failed; nothing is produced until a probe succeeds again.
+- ``queue_full``: the producer queue has no room for the whole request; nothing is produced.
+- ``ack_timeout``: no ack within ``ack_timeout_s``. The events stay in librdkafka's queue and
+  may still land later (``delivery_timeout_ms`` is longer on purpose, so a short outage loses
+  nothing); the client retries with the same ``event_id``s and consumers deduplicate by
+  ``event_id``. So a 503 means "not known to be stored", never "not stored", and a 202 always
+  means "acknowledged by the broker".
+- ``delivery_failed``: librdkafka gave up on an event (e.g. the topic does not exist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from flywheel_common import AvroCodec, BrokerUnavailableError, KafkaSettings
+from flywheel_common.kafka import producer_config
+
+from flywheel_ingest.metrics import IngestMetrics
+
+__all__ = ["EventRecord", "PublishRejected", "Publisher", "UnavailableReason"]
+
+log = logging.getLogger(__name__)
+
+UnavailableReason = Literal["broker_down", "queue_full", "ack_timeout", "delivery_failed", "closed"]
+
+_POLL_TIMEOUT_S = 0.1
+"""Longest the poll thread blocks; bounds how late it notices a stop request."""
+_PROBE_TIMEOUT_S = 1.0
+"""A metadata probe slower than this counts as a failure."""
+_CLOSE_FLUSH_TIMEOUT_S = 10.0
+"""On shutdown, how long to wait for events already in the queue to be acknowledged."""
+
+
+class PublishRejected(BrokerUnavailableError):
+    """The events of a request are not known to be stored; the client should retry."""
+
+    def __init__(self, reason: UnavailableReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class EventRecord(NamedTuple):
+    """One event ready to publish: its Avro record name, topic and record."""
+
+    record_name: str
+    topic: str
+    record: dict[str, Any]
+
+
+class _Pending:
+    """The events of one request in flight; completed on the poll thread."""
+
+    __slots__ = ("error", "future", "publisher", "remaining")
+
+    def __init__(self, publisher: Publisher, future: asyncio.Future[None], count: int) -> None:
+        self.publisher = publisher
+        self.future = future
+        self.remaining = count
+        self.error: KafkaError | None = None
+
+    def on_delivery(self, err: KafkaError | None, _msg: object) -> None:
+        # Runs on the poll thread only (callbacks are served by poll()), so no lock is needed.
+        if err is not None and self.error is None:
+            self.error = err
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.publisher._completed.append(self)
+
+
+def _resolve(done: list[_Pending]) -> None:
+    for pending in done:
+        if pending.future.done():  # timed out or cancelled (client went away) already
+            continue
+        if pending.error is None:
+            pending.future.set_result(None)
+        else:
+            pending.future.set_exception(PublishRejected("delivery_failed", pending.error.str()))
+
+
+def _expire(future: asyncio.Future[None], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(PublishRejected("ack_timeout", f"no broker ack within {timeout_s:g}s"))
+
+
+class Publisher:
+    """The process's Kafka producer, with per-request acknowledgement futures."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        codec: AvroCodec,
+        metrics: IngestMetrics,
+        ack_timeout_s: float,
+        linger_ms: float,
+        queue_max_messages: int,
+        delivery_timeout_ms: int,
+        health_probe_interval_s: float,
+    ) -> None:
+        self._kafka = kafka
+        self._codec = codec
+        self._metrics = metrics
+        self._ack_timeout_s = ack_timeout_s
+        self._queue_max = queue_max_messages
+        self._probe_interval_s = health_probe_interval_s
+        self._config = producer_config(
+            kafka,
+            linger_ms=linger_ms,
+            delivery_timeout_ms=delivery_timeout_ms,
+            queue_max_messages=queue_max_messages,
+            overrides={"error_cb": self._on_error, "logger": log},
+        )
+        self._producer: Producer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._completed: list[_Pending] = []
+        self._reachable = False
+        self._closed = False
+        self._stop = threading.Event()
+        self._probe_now = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the broker answered recently and has not been reported down since."""
+        return self._reachable and not self._closed
+
+    async def start(self) -> None:
+        """Create the producer, probe the broker once, start the poll and probe threads."""
+        self._loop = asyncio.get_running_loop()
+        self._producer = Producer(self._config)
+        await asyncio.to_thread(self._probe)
+        self._threads = [
+            threading.Thread(target=self._poll_forever, name="ingest-kafka-poll", daemon=True),
+            threading.Thread(target=self._probe_forever, name="ingest-kafka-probe", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def close(self) -> None:
+        """Refuse new events, wait (bounded) for queued ones to be acked, stop the threads."""
+        self._closed = True
+        self._stop.set()
+        self._probe_now.set()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        if self._producer is not None:
+            left = await asyncio.to_thread(self._producer.flush, _CLOSE_FLUSH_TIMEOUT_S)
+            if left:
+                log.warning("events unacknowledged at shutdown", extra={"events": left})
+            done, self._completed = self._completed, []
+            _resolve(done)
+
+    async def publish(self, events: Sequence[EventRecord]) -> None:
+        """Produce ``events`` and return once the broker acknowledged all of them.
+
+        Raises:
+            PublishRejected: the events are not known to be stored (see the module docstring).
+            EncodeError: a record does not fit its schema (a bug: the models are checked
+                against the schemas); nothing is produced.
+        """
+        producer, loop = self._producer, self._loop
+        if producer is None or loop is None or self._closed:
+            raise PublishRejected("closed", "the service is shutting down")
+        if not self._reachable:
+            raise PublishRejected("broker_down", "the Kafka broker is unreachable")
+        count = len(events)
+        if len(producer) + count > self._queue_max:
+            raise PublishRejected("queue_full", "the producer queue is full")
+        encode = self._codec.encode
+        # Encode everything first: a record that does not fit produces nothing.
+        messages = [
+            (e.topic, encode(e.record_name, e.record), e.record["run_id"].encode()) for e in events
+        ]
+        future: asyncio.Future[None] = loop.create_future()
+        pending = _Pending(self, future, count)
+        produce = producer.produce
+        callback = pending.on_delivery
+        try:
+            for topic, value, key in messages:
+                produce(topic, value, key, on_delivery=callback)
+        except BufferError as exc:
+            # The events produced so far may still land; their callbacks will never bring
+            # ``remaining`` to zero, so only this answer speaks for the request.
+            raise PublishRejected("queue_full", "the producer queue is full") from exc
+        except KafkaException as exc:
+            raise PublishRejected("delivery_failed", str(exc)) from exc
+        started = time.perf_counter()
+        timer = loop.call_later(self._ack_timeout_s, _expire, future, self._ack_timeout_s)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            self._metrics.ack_seconds.observe(time.perf_counter() - started)
+
+    # -- poll thread --------------------------------------------------------------------
+
+    def _poll_forever(self) -> None:
+        assert self._producer is not None and self._loop is not None  # noqa: S101 - set in start
+        poll, loop = self._producer.poll, self._loop
+        while not self._stop.is_set():
+            poll(_POLL_TIMEOUT_S)
+            if self._completed:
+                done, self._completed = self._completed, []
+                try:
+                    loop.call_soon_threadsafe(_resolve, done)
+                except RuntimeError:  # the loop closed under us: nobody is waiting any more
+                    return
+                if not self._reachable:
+                    self._set_reachable(True, "an event was acknowledged")
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (poll thread)."""
+        code = err.code()
+        if err.fatal():
+            # An idempotent producer's fatal error (e.g. fenced): it cannot send again.
+            log.critical("fatal producer error", extra={"error": err.str()})
+            self._set_reachable(False, err.str())
+            self._closed = True
+        elif code == KafkaError._ALL_BROKERS_DOWN:
+            self._set_reachable(False, err.str())
+        elif code == KafkaError._TRANSPORT:
+            # One connection dropped (also happens on idle reconnects): ask, do not assume.
+            self._probe_now.set()
+        else:
+            log.warning("producer error", extra={"error": err.str(), "code": code})
+
+    # -- probe thread -------------------------------------------------------------------
+
+    def _probe_forever(self) -> None:
+        while not self._stop.is_set():
+            self._probe_now.wait(self._probe_interval_s)
+            self._probe_now.clear()
+            if not self._stop.is_set():
+                self._probe()
+
+    def _probe(self) -> None:
+        assert self._producer is not None  # noqa: S101 - set in start
+        try:
+            md = self._producer.list_topics(topic=self._kafka.topics.runs, timeout=_PROBE_TIMEOUT_S)
+        except KafkaException as exc:
+            self._set_reachable(False, str(exc))
+            return
+        self._set_reachable(bool(md.brokers), "metadata probe")
+
+    def _set_reachable(self, up: bool, why: str) -> None:
+        if up != self._reachable:
+            log.log(
+                logging.INFO if up else logging.WARNING,
+                "kafka reachable" if up else "kafka unreachable",
+                extra={"why": why, "bootstrap": self._kafka.bootstrap_servers},
+            )
+        self._reachable = up
+        self._metrics.broker_up.set(1 if up else 0)
