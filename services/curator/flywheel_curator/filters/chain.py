@@ -1,0 +1,162 @@
+"""The filter chain: every filter in order, cheap ones first, reason codes collected, state
+recorded only for accepted candidates, toxicity scored in one batch per call.
+
+``run_many(candidates)`` works in three passes:
+
+1. Per candidate, the cheap checks in order (event dedup, length, similarity, PII, exact dedup,
+   near-dup, caps). They all run, so a rejected row carries every reason that applies; PII
+   redaction rewrites the candidate the later checks see (the ``pair_id`` is that of the
+   redacted texts, as stored).
+2. The survivors' chosen and rejected texts go to the toxicity scorer in batches.
+3. In order, the stateful checks run again (an earlier candidate of the same call may now be a
+   duplicate of this one, or have filled its cap), and each accepted candidate is recorded in
+   the state, tentatively.
+
+State contract for the pipeline (see ``FilterState``):
+- after the Delta commit that wrote a buffer's rows: ``state.commit()``;
+- when a buffer is dropped (a failed commit, a rebalance): ``state.rollback()``;
+- on ``ToxicityScorerError`` (fail closed): no verdicts for the call; roll back, commit no
+  offsets for the buffer, and stop or back off. Never write the candidates as accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from flywheel_curator.candidate import Candidate, Filter, Verdict
+from flywheel_curator.filters.caps import CapState
+from flywheel_curator.filters.dedup import KeySet, KeyState
+from flywheel_curator.filters.neardup import NearDupIndex
+from flywheel_curator.filters.settings import FilterSettings
+from flywheel_curator.filters.toxicity import ToxicityFilter
+
+__all__ = ["FilterChain", "FilterState", "StatefulFilter"]
+
+
+class StatefulFilter(Filter, Protocol):
+    """A filter whose ``check`` only looks the candidate up; ``record`` remembers an accepted
+    candidate (tentatively, until the state is committed)."""
+
+    def record(self, candidate: Candidate) -> None: ...
+
+
+@dataclass(slots=True)
+class FilterState:
+    """Everything the filters remember, in one injectable object the core keeps consistent with
+    the Delta table. Rebuild on start with ``pairs.load(pair_ids)``, ``events.load(event_keys)``,
+    ``caps.load(rows)`` and ``near_dup.load(rows)``; then ``commit``/``rollback`` per buffer."""
+
+    pairs: KeyState
+    events: KeyState
+    near_dup: NearDupIndex
+    caps: CapState
+
+    @classmethod
+    def in_memory(cls, settings: FilterSettings) -> FilterState:
+        nd = settings.near_dup
+        return cls(
+            pairs=KeySet(max_entries=settings.dedup.max_entries),
+            events=KeySet(max_entries=settings.event_dedup.max_entries),
+            near_dup=NearDupIndex(
+                threshold=nd.threshold,
+                num_perm=nd.num_perm,
+                bands=nd.bands,
+                shingle_words=nd.shingle_words,
+                max_entries=nd.max_entries,
+            ),
+            caps=CapState(window=settings.caps.window, retain_windows=settings.caps.retain_windows),
+        )
+
+    def commit(self) -> None:
+        """The buffer's rows are in the table: keep what its accepted candidates recorded."""
+        self.pairs.commit()
+        self.events.commit()
+        self.near_dup.commit()
+        self.caps.commit()
+
+    def rollback(self) -> None:
+        """The buffer was dropped: forget what its candidates recorded."""
+        self.pairs.rollback()
+        self.events.rollback()
+        self.near_dup.rollback()
+        self.caps.rollback()
+
+
+def _merge(first: Verdict, second: Verdict) -> Verdict:
+    """``second`` judged ``first.candidate``: one verdict with both reasons and scores."""
+    detail = "; ".join(d for d in (first.detail, second.detail) if d)
+    return Verdict(
+        candidate=second.candidate,
+        accepted=first.accepted and second.accepted,
+        reasons=first.reasons + second.reasons,
+        detail=detail,
+        scores={**first.scores, **second.scores},
+    )
+
+
+class FilterChain:
+    """Runs the configured filters; see the module docstring for the passes and the contract."""
+
+    def __init__(
+        self,
+        *,
+        stateless: Sequence[Filter],
+        stateful: Sequence[StatefulFilter],
+        toxicity: ToxicityFilter | None,
+        state: FilterState,
+        settings_hash: str,
+    ) -> None:
+        self.stateless = tuple(stateless)
+        self.stateful = tuple(stateful)
+        self.toxicity = toxicity
+        self.state = state
+        identity = toxicity.scorer.identity if toxicity is not None else "none"
+        self._config_hash = hashlib.sha256(f"{settings_hash}|{identity}".encode()).hexdigest()[:16]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Filter names in the order they run (for logs and metrics)."""
+        tail = (self.toxicity.name,) if self.toxicity is not None else ()
+        return tuple(f.name for f in (*self.stateless, *self.stateful)) + tail
+
+    def config_hash(self) -> str:
+        """16 hex digits naming the effective filter configuration and toxicity model; written
+        on every row as ``filter_config_hash``."""
+        return self._config_hash
+
+    def run(self, candidate: Candidate) -> Verdict:
+        return self.run_many([candidate])[0]
+
+    def run_many(self, candidates: Sequence[Candidate]) -> list[Verdict]:
+        verdicts = [self._cheap(c) for c in candidates]
+        if self.toxicity is not None:
+            survivors = [i for i, v in enumerate(verdicts) if v.accepted]
+            scored = self.toxicity.check_many([verdicts[i].candidate for i in survivors])
+            for i, tox in zip(survivors, scored, strict=True):
+                verdicts[i] = _merge(verdicts[i], tox)
+        for i, verdict in enumerate(verdicts):
+            if not verdict.accepted:
+                continue
+            recheck = verdict
+            for f in self.stateful:
+                recheck = _merge(recheck, f.check(recheck.candidate))
+            if recheck.accepted:
+                for f in self.stateful:
+                    f.record(recheck.candidate)
+            verdicts[i] = recheck
+        return verdicts
+
+    def _cheap(self, candidate: Candidate) -> Verdict:
+        verdict = Verdict.accept(candidate)
+        for f in (*self.stateless, *self.stateful):
+            verdict = _merge(verdict, f.check(verdict.candidate))
+        return verdict
+
+    def commit(self) -> None:
+        self.state.commit()
+
+    def rollback(self) -> None:
+        self.state.rollback()

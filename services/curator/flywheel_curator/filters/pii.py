@@ -1,0 +1,249 @@
+"""PII and secrets: emails, phone numbers, payment cards (Luhn-checked), IPv4 addresses, national
+ids (US SSN, UK National Insurance number), and secrets (AWS keys, GitHub tokens, PEM private
+keys, Slack tokens, ``api_key=...``-style assignments) in the prompt, chosen and rejected texts.
+
+A careful regex detector was the fastest and most precise option measured (FINDINGS.md, "PII
+and secrets"). Each pattern is guarded by a cheap substring or character test so that clean
+text, the common case, costs a few scans. What it does not find: names, postal addresses,
+phone numbers written without a ``+`` country code or a North-American shape, IPv6, and other
+countries' ids; add patterns here rather than reaching for the NER libraries, which were
+slower and less precise on these kinds.
+
+Policy ``redact`` replaces each finding with ``[KIND]`` and passes the rewritten candidate on;
+``reject`` drops the candidate with reason ``pii`` and the kinds in the detail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from flywheel_common.errors import ConfigError
+
+from flywheel_curator.candidate import Candidate, Verdict
+from flywheel_curator.filters.settings import ALL_PII_KINDS, PiiKind
+
+__all__ = ["PII", "PiiDetector", "PiiFilter", "PiiFinding", "luhn_valid"]
+
+PII = "pii"
+
+_CARD_MIN_DIGITS = 13
+_CARD_MAX_DIGITS = 19
+_PHONE_MIN_DIGITS = 8
+_PHONE_MAX_DIGITS = 15
+
+
+@dataclass(frozen=True, slots=True)
+class PiiFinding:
+    kind: PiiKind
+    start: int
+    end: int
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum every payment card number satisfies (and 90 % of random numbers fail)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+)
+# 13-19 digits, optionally grouped by single spaces or dashes; the Luhn check and a card-network
+# first digit (2-6) decide. Order ids and timestamps rarely pass both.
+_CARD = re.compile(r"(?<![\w-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\w-])")
+# US SSN: not area 000/666/9xx, not group 00, not serial 0000; dashed or spaced only, so plain
+# nine-digit numbers (order ids) are not taken for one.
+_SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
+# UK National Insurance number, with the official prefix exclusions.
+_NINO = re.compile(
+    r"(?<!\w)(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+    r" ?\d{2} ?\d{2} ?\d{2} ?[A-D](?!\w)"
+)
+# North-American shape (with or without +1), or any number with a + country code.
+_PHONE = re.compile(
+    r"(?<![\w+])(?:"
+    r"(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}"
+    r"|\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{1,4}){1,5}"
+    r")(?![\w-])"
+)
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# Four sane octets, not part of a longer dotted run (a version string such as 1.2.3.4.5).
+_IPV4 = re.compile(rf"(?<![\w.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\.?\d)(?!\w)")
+# Addresses that identify nobody: unspecified, loopback, broadcast.
+_IP_NOT_PII = re.compile(r"^(?:0\.0\.0\.0|127\.\d+\.\d+\.\d+|255\.255\.255\.255)$")
+_SECRETS = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?"
+    r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|$)"
+    r"|(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"
+    r"|(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])"
+    r"|(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,255}"
+    r"|(?<![A-Za-z0-9-])xox[abposr]-[A-Za-z0-9-]{10,250}"
+    r"|(?<![A-Za-z0-9_-])sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,250}"
+)
+# ``api_key = "..."``, ``password: hunter22``, ``aws_secret_access_key=...``: the value is
+# redacted, the name is kept so the text still reads. Values need 8+ non-space characters, so
+# "the password is wrong" is not a secret.
+_ASSIGNED_SECRET = re.compile(
+    r"(?i)\b(?:[a-z0-9_]*?(?:api[_-]?key|secret(?:[_-]?access)?[_-]?key|client[_-]?secret"
+    r"|access[_-]?token|auth[_-]?token|private[_-]?key|passw(?:or)?d|secret))"
+    r"[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',;]{8,})"
+)
+_SECRET_HINT = re.compile(
+    r"(?i)BEGIN|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|xox|sk-|key|secret|token|passw"
+)
+_DIGIT = re.compile(r"\d")
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def _emails(text: str) -> Iterable[tuple[int, int]]:
+    if "@" not in text:
+        return ()
+    return (m.span() for m in _EMAIL.finditer(text))
+
+
+def _cards(text: str) -> Iterable[tuple[int, int]]:
+    for m in _CARD.finditer(text):
+        digits = _digits(m.group())
+        if _CARD_MIN_DIGITS <= len(digits) <= _CARD_MAX_DIGITS and luhn_valid(digits):
+            yield m.span()
+
+
+def _national_ids(text: str) -> Iterable[tuple[int, int]]:
+    yield from (m.span() for m in _SSN.finditer(text))
+    yield from (m.span() for m in _NINO.finditer(text))
+
+
+def _phones(text: str) -> Iterable[tuple[int, int]]:
+    for m in _PHONE.finditer(text):
+        if _PHONE_MIN_DIGITS <= len(_digits(m.group())) <= _PHONE_MAX_DIGITS:
+            yield m.span()
+
+
+def _ips(text: str) -> Iterable[tuple[int, int]]:
+    if text.count(".") < 3:
+        return
+    for m in _IPV4.finditer(text):
+        if not _IP_NOT_PII.match(m.group()):
+            yield m.span()
+
+
+def _secrets(text: str) -> Iterable[tuple[int, int]]:
+    if not _SECRET_HINT.search(text):
+        return
+    yield from (m.span() for m in _SECRETS.finditer(text))
+    yield from (m.span("value") for m in _ASSIGNED_SECRET.finditer(text))
+
+
+_Detect = Callable[[str], Iterable[tuple[int, int]]]
+# Order matters where patterns overlap: secrets and cards are claimed before the looser phone
+# pattern can take a digit run, so each span is reported under its most specific kind.
+_DETECTORS: tuple[tuple[PiiKind, _Detect, bool], ...] = (
+    ("secret", _secrets, False),
+    ("email", _emails, False),
+    ("card", _cards, True),
+    ("national_id", _national_ids, True),
+    ("ip", _ips, True),
+    ("phone", _phones, True),
+)
+
+
+class PiiDetector:
+    """Finds non-overlapping PII spans of the enabled kinds."""
+
+    def __init__(self, *, kinds: Iterable[PiiKind] = ALL_PII_KINDS) -> None:
+        enabled = frozenset(kinds)
+        unknown = enabled - frozenset(ALL_PII_KINDS)
+        if unknown:
+            raise ConfigError(f"unknown PII kinds {sorted(unknown)}; known: {ALL_PII_KINDS}")
+        self.kinds = enabled
+        self._detectors = tuple(d for d in _DETECTORS if d[0] in enabled)
+
+    def find(self, text: str) -> list[PiiFinding]:
+        has_digit = _DIGIT.search(text) is not None
+        findings: list[PiiFinding] = []
+        for kind, detect, needs_digit in self._detectors:
+            if needs_digit and not has_digit:
+                continue
+            for start, end in detect(text):
+                if not any(start < f.end and f.start < end for f in findings):
+                    findings.append(PiiFinding(kind, start, end))
+        findings.sort(key=lambda f: f.start)
+        return findings
+
+    def redact(self, text: str) -> tuple[str, list[PiiFinding]]:
+        """The text with every finding replaced by ``[KIND]``, and the findings."""
+        findings = self.find(text)
+        if not findings:
+            return text, findings
+        parts: list[str] = []
+        pos = 0
+        for f in findings:
+            parts.append(text[pos : f.start])
+            parts.append(f"[{f.kind.upper()}]")
+            pos = f.end
+        parts.append(text[pos:])
+        return "".join(parts), findings
+
+
+class PiiFilter:
+    """Redacts or rejects PII in the prompt, chosen and rejected texts."""
+
+    name = "pii"
+
+    def __init__(
+        self,
+        *,
+        policy: Literal["redact", "reject"],
+        kinds: Iterable[PiiKind] = ALL_PII_KINDS,
+    ) -> None:
+        if policy not in ("redact", "reject"):
+            raise ConfigError(f"PII policy must be 'redact' or 'reject', got {policy!r}")
+        self.policy = policy
+        self.detector = PiiDetector(kinds=kinds)
+
+    def check(self, candidate: Candidate) -> Verdict:
+        if self.policy == "reject":
+            kinds = self._kinds_in(candidate)
+            if kinds:
+                return Verdict.reject(candidate, PII, "kinds=" + ",".join(sorted(kinds)))
+            return Verdict.accept(candidate)
+        kinds = set()
+        chosen, found = self.detector.redact(candidate.chosen)
+        kinds.update(f.kind for f in found)
+        rejected, found = self.detector.redact(candidate.rejected)
+        kinds.update(f.kind for f in found)
+        prompt: list[Mapping[str, str]] = []
+        prompt_changed = False
+        for message in candidate.prompt:
+            content, found = self.detector.redact(message.get("content", ""))
+            if found:
+                kinds.update(f.kind for f in found)
+                prompt_changed = True
+                message = {**message, "content": content}
+            prompt.append(message)
+        if not kinds:
+            return Verdict.accept(candidate)
+        redacted = candidate.with_texts(chosen=chosen, rejected=rejected)
+        if prompt_changed:
+            redacted = replace(redacted, prompt=tuple(prompt))
+        verdict = Verdict.accept(redacted)
+        return replace(verdict, detail="redacted=" + ",".join(sorted(kinds)))
+
+    def _kinds_in(self, candidate: Candidate) -> set[str]:
+        texts = [candidate.chosen, candidate.rejected]
+        texts.extend(m.get("content", "") for m in candidate.prompt)
+        return {f.kind for text in texts for f in self.detector.find(text)}

@@ -1,0 +1,257 @@
+"""Filter settings: one frozen sub-model per filter, each with ``enabled`` and its thresholds.
+
+``FilterSettings`` is a plain pydantic ``BaseModel`` (not ``BaseSettings``): the curator's one
+settings object nests it, so ``FLYWHEEL_CURATOR_FILTERS__SIMILARITY__MAX_RATIO=0.9`` reaches
+it through the service's ``env_nested_delimiter``. Shape errors surface as pydantic's
+``ValidationError`` naming the field; ``build_filters`` raises ``ConfigError`` for settings
+that are well-formed but unusable (a checkpoint that does not exist).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from flywheel_curator.candidate import PairSource
+
+__all__ = [
+    "ALL_PII_KINDS",
+    "ALL_SOURCES",
+    "CapSettings",
+    "DedupSettings",
+    "DetoxifySettings",
+    "EventDedupSettings",
+    "FilterSettings",
+    "JudgeSettings",
+    "LengthSettings",
+    "NearDupSettings",
+    "PiiKind",
+    "PiiSettings",
+    "SimilaritySettings",
+    "ToxicityBackend",
+    "ToxicitySettings",
+]
+
+PiiKind = Literal["email", "phone", "card", "ip", "national_id", "secret"]
+ToxicityBackend = Literal["profanity_check", "detoxify", "judge"]
+
+ALL_SOURCES: tuple[PairSource, ...] = get_args(PairSource)
+ALL_PII_KINDS: tuple[PiiKind, ...] = get_args(PiiKind)
+
+# Length: a one-character answer teaches nothing; 16k characters is far past any useful
+# preference pair and keeps one oversized event from dominating a training batch.
+DEFAULT_MIN_CHARS = 2
+DEFAULT_MAX_CHARS = 16_000
+DEFAULT_MAX_PROMPT_CHARS = 64_000
+# Similarity band (DESIGN.md, "Pair sources"): an edit below 0.10 is a rewrite, not a
+# correction of the output; one above 0.95 is a typo fix that carries no preference.
+DEFAULT_MIN_RATIO = 0.10
+DEFAULT_MAX_RATIO = 0.95
+# Toxicity: probability at which the chosen text is toxic outright, and how much more toxic the
+# chosen side may score than the rejected side before the pair counts as poisoning. The margin
+# absorbs scorer noise on benign texts (profanity_check scores ordinary prose 0.00-0.10).
+DEFAULT_MAX_TOXICITY = 0.5
+DEFAULT_RELATIVE_MARGIN = 0.05
+DEFAULT_SCORER_BATCH = 64
+DEFAULT_JUDGE_TIMEOUT_S = 10.0
+# Exact dedup keeps 8 bytes per pair (16 with the eviction order): 10M pairs is about 160 MB.
+DEFAULT_MAX_PAIR_KEYS = 10_000_000
+DEFAULT_MAX_EVENT_KEYS = 10_000_000
+# Near-dup: Jaccard over word 3-shingles, 64 permutations in 16 bands of 4 rows; the index
+# remembers the newest 100k pairs (about 40 MB).
+DEFAULT_NEAR_DUP_THRESHOLD = 0.8
+DEFAULT_NUM_PERM = 64
+DEFAULT_BANDS = 16
+DEFAULT_SHINGLE_WORDS = 3
+DEFAULT_NEAR_DUP_ENTRIES = 100_000
+# Caps: one account may add at most 100 pairs an hour, one tenant 10k; a day of windows is kept.
+DEFAULT_CAP_WINDOW = timedelta(hours=1)
+DEFAULT_MAX_PER_USER = 100
+DEFAULT_MAX_PER_TENANT = 10_000
+DEFAULT_RETAIN_WINDOWS = 24
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LengthSettings(_Frozen):
+    """Bounds, in characters of stripped text, on chosen and rejected; and a prompt ceiling."""
+
+    enabled: bool = True
+    min_chars: int = Field(default=DEFAULT_MIN_CHARS, ge=0)
+    max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=1)
+    max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LengthSettings:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) exceeds max_chars ({self.max_chars})")
+        return self
+
+
+class SimilaritySettings(_Frozen):
+    """Accept when ``min_ratio < Levenshtein.ratio(chosen, rejected) < max_ratio`` (strict)."""
+
+    enabled: bool = True
+    min_ratio: float = Field(default=DEFAULT_MIN_RATIO, ge=0.0, le=1.0)
+    max_ratio: float = Field(default=DEFAULT_MAX_RATIO, ge=0.0, le=1.0)
+    sources: tuple[PairSource, ...] = ALL_SOURCES
+
+    @model_validator(mode="after")
+    def _band(self) -> SimilaritySettings:
+        if self.min_ratio >= self.max_ratio:
+            raise ValueError(
+                f"min_ratio ({self.min_ratio}) must be below max_ratio ({self.max_ratio})"
+            )
+        return self
+
+
+class DetoxifySettings(_Frozen):
+    """A Detoxify checkpoint on local disk (the wheel ships no weights).
+
+    ``hf_config_dir`` is a folder with the transformer's ``config.json`` and tokenizer files;
+    it is required when the checkpoint's ``config.arch.args.model_type`` names a hub model
+    (``bert-base-uncased``), because loading would otherwise reach for the hub.
+    ``checkpoint_loading="full_pickle"`` runs code from the file: only for files you trust.
+    """
+
+    checkpoint: Path
+    hf_config_dir: Path | None = None
+    device: str = "cpu"
+    # The class scored: "toxicity" for Detoxify's models, or "max" for the highest class.
+    label: str = "toxicity"
+    batch_size: int = Field(default=DEFAULT_SCORER_BATCH, ge=1)
+    checkpoint_loading: Literal["weights_only", "full_pickle"] = "weights_only"
+
+
+class JudgeSettings(_Frozen):
+    """An LLM judge behind an OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    base_url: str = Field(pattern=r"^https?://")
+    model: str = Field(min_length=1)
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=DEFAULT_JUDGE_TIMEOUT_S, gt=0)
+
+
+class ToxicitySettings(_Frozen):
+    """Toxicity of the chosen text, absolutely (``max_score``) and relative to the rejected text
+    (``chosen > rejected + relative_margin`` is the poisoning case)."""
+
+    enabled: bool = True
+    backend: ToxicityBackend = "profanity_check"
+    max_score: float = Field(default=DEFAULT_MAX_TOXICITY, gt=0.0, le=1.0)
+    relative_margin: float = Field(default=DEFAULT_RELATIVE_MARGIN, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=DEFAULT_SCORER_BATCH, ge=1)
+    detoxify: DetoxifySettings | None = None
+    judge: JudgeSettings | None = None
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> ToxicitySettings:
+        if self.enabled and self.backend == "detoxify" and self.detoxify is None:
+            raise ValueError("backend 'detoxify' needs toxicity.detoxify.checkpoint")
+        if self.enabled and self.backend == "judge" and self.judge is None:
+            raise ValueError("backend 'judge' needs toxicity.judge (base_url, model)")
+        return self
+
+
+class PiiSettings(_Frozen):
+    """Which kinds of PII and secrets to look for in prompt, chosen and rejected, and what to do:
+    ``redact`` replaces each finding with ``[KIND]``; ``reject`` drops the candidate."""
+
+    enabled: bool = True
+    policy: Literal["redact", "reject"] = "redact"
+    kinds: tuple[PiiKind, ...] = ALL_PII_KINDS
+
+
+class DedupSettings(_Frozen):
+    """Exact dedup by the pair's content hash (``pair_id``)."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=DEFAULT_MAX_PAIR_KEYS, ge=1)
+
+
+class EventDedupSettings(_Frozen):
+    """One candidate per (event_id, source, runs): a client retry is counted once."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=DEFAULT_MAX_EVENT_KEYS, ge=1)
+
+
+class NearDupSettings(_Frozen):
+    """MinHash LSH over word shingles of prompt + chosen, within a feature or globally."""
+
+    enabled: bool = True
+    threshold: float = Field(default=DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0)
+    num_perm: int = Field(default=DEFAULT_NUM_PERM, ge=2, le=1024)
+    bands: int = Field(default=DEFAULT_BANDS, ge=1)
+    shingle_words: int = Field(default=DEFAULT_SHINGLE_WORDS, ge=1, le=16)
+    max_entries: int = Field(default=DEFAULT_NEAR_DUP_ENTRIES, ge=1)
+    scope: Literal["feature", "global"] = "feature"
+
+    @model_validator(mode="after")
+    def _bands_divide(self) -> NearDupSettings:
+        if self.num_perm % self.bands:
+            raise ValueError(f"bands ({self.bands}) must divide num_perm ({self.num_perm})")
+        return self
+
+
+class CapSettings(_Frozen):
+    """At most ``max_per_user`` / ``max_per_tenant`` accepted pairs per event-time window
+    (``None``: no cap). Windows are tumbling, aligned to the Unix epoch."""
+
+    enabled: bool = True
+    window: timedelta = DEFAULT_CAP_WINDOW
+    max_per_user: int | None = Field(default=DEFAULT_MAX_PER_USER, ge=1)
+    max_per_tenant: int | None = Field(default=DEFAULT_MAX_PER_TENANT, ge=1)
+    retain_windows: int = Field(default=DEFAULT_RETAIN_WINDOWS, ge=1)
+
+    @model_validator(mode="after")
+    def _positive_window(self) -> CapSettings:
+        if self.window <= timedelta(0):
+            raise ValueError(f"window must be positive, got {self.window}")
+        return self
+
+
+class FilterSettings(_Frozen):
+    """Every filter's settings. ``config_hash()`` names the effective configuration."""
+
+    length: LengthSettings = LengthSettings()
+    similarity: SimilaritySettings = SimilaritySettings()
+    toxicity: ToxicitySettings = ToxicitySettings()
+    pii: PiiSettings = PiiSettings()
+    dedup: DedupSettings = DedupSettings()
+    event_dedup: EventDedupSettings = EventDedupSettings()
+    near_dup: NearDupSettings = NearDupSettings()
+    caps: CapSettings = CapSettings()
+
+    def config_hash(self) -> str:
+        """Stable 16-hex-digit hash of the settings that decide verdicts.
+
+        Secrets never enter it (a rotated API key is not a new filter configuration), and
+        neither do sizes that only bound memory (``max_entries``) or speed (``batch_size``).
+        """
+        data = self.model_dump(
+            mode="json",
+            exclude={
+                "toxicity": {
+                    "batch_size": True,
+                    "judge": {"api_key", "timeout_s"},
+                    "detoxify": {"device", "batch_size"},
+                },
+                "dedup": {"max_entries"},
+                "event_dedup": {"max_entries"},
+            },
+        )
+        # A disabled filter's thresholds decide nothing: leave them out of the hash.
+        effective = {
+            name: part if part.get("enabled", True) else {"enabled": False}
+            for name, part in data.items()
+        }
+        blob = json.dumps(effective, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

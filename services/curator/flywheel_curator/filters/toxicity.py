@@ -1,0 +1,378 @@
+"""Toxicity of the chosen text, absolutely and relative to the rejected text, behind a pluggable
+scorer.
+
+A pair is rejected when its chosen text scores at least ``max_score`` (``toxic_chosen``), or
+when it scores more than ``relative_margin`` above its rejected text (``toxicity_increase``):
+a pair that teaches the model to prefer the more toxic answer is the poisoning case, and it
+is caught even while both sides sit below the absolute threshold.
+
+Scorers (``ToxicityScorer``: ``score_many(texts) -> probabilities``):
+
+- ``ProfanityCheckScorer`` (default, offline, ships its model in the alt-profanity-check wheel,
+  about 35k texts/s). It is a bag-of-words model trained on offensive tweets: it catches
+  explicit slurs, insults and profanity, and misses polite-sounding, implicit hate (recall
+  0.23 at FPR 0.05 on an implicit-hate set, FINDINGS.md). Treat it as a floor.
+- ``DetoxifyScorer``: a Detoxify checkpoint from local disk (the ``detoxify`` extra; torch).
+- ``JudgeScorer``: an LLM judge behind an OpenAI-compatible endpoint, stdlib HTTP only.
+
+Fail closed: if the scorer raises, times out or answers nonsense (NaN, out of [0, 1], the
+wrong number of scores), the filter raises ``ToxicityScorerError`` and gives no verdict. The
+pipeline must not accept, reject or commit anything from that batch (see ``errors.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from flywheel_common.errors import ConfigError
+from pydantic import SecretStr
+
+from flywheel_curator.candidate import Candidate, Verdict
+from flywheel_curator.filters.errors import ToxicityScorerError
+
+if TYPE_CHECKING:
+    from flywheel_curator.filters.settings import JudgeSettings
+
+__all__ = [
+    "TOXICITY_INCREASE",
+    "TOXIC_CHOSEN",
+    "DetoxifyScorer",
+    "JudgeScorer",
+    "ProfanityCheckScorer",
+    "ToxicityFilter",
+    "ToxicityScorer",
+]
+
+TOXIC_CHOSEN = "toxic_chosen"
+TOXICITY_INCREASE = "toxicity_increase"
+
+
+class ToxicityScorer(Protocol):
+    """Scores texts with a toxicity probability in [0, 1].
+
+    ``identity`` names the backend and its model (``profanity_check/1.9.1``) and enters the
+    filter-config hash, so rows scored by different models are told apart. ``score_many`` must
+    return one score per text, in order, or raise: the filter turns any exception into
+    ``ToxicityScorerError``.
+    """
+
+    @property
+    def identity(self) -> str: ...
+
+    def score_many(self, texts: Sequence[str]) -> Sequence[float]: ...
+
+
+def _package_version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class ProfanityCheckScorer:
+    """The offline default: alt-profanity-check's linear SVM over a tf-idf vectoriser.
+
+    Catches explicit profanity, slurs and insults; misses implicit, polite-sounding hate. Use
+    ``DetoxifyScorer`` or ``JudgeScorer`` where that matters.
+    """
+
+    def __init__(self) -> None:
+        # Imported here: the package unpickles its model at import time (about 0.3 s), which
+        # only a curator that scores toxicity should pay.
+        from profanity_check import profanity_check
+
+        self._vectorizer = profanity_check.vectorizer
+        self._model = profanity_check.model
+        self._identity = f"profanity_check/{_package_version('alt-profanity-check')}"
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def score_many(self, texts: Sequence[str]) -> Sequence[float]:
+        if not texts:
+            return []
+        # predict_prob() wraps this in numpy.apply_along_axis, a Python loop per row; slicing
+        # the probability column directly is the same numbers, several times faster.
+        probs = self._model.predict_proba(self._vectorizer.transform(list(texts)))
+        return [float(p) for p in probs[:, 1]]
+
+
+# Detoxify renames some Jigsaw classes when it loads a checkpoint; we score by the new names.
+_DETOXIFY_CLASS_NAMES = {
+    "toxic": "toxicity",
+    "identity_hate": "identity_attack",
+    "severe_toxic": "severe_toxicity",
+}
+
+
+class DetoxifyScorer:
+    """A Detoxify model loaded from a local checkpoint, never from the hub.
+
+    Detoxify 0.5.4's own loader builds the transformer config from the checkpoint's
+    ``config.arch.args.model_type`` (``bert-base-uncased``), which reaches for the hub even when
+    a local config folder is given. This loader points ``model_type`` at the local folder
+    (``hf_config_dir``, or ``model_type`` itself when it already names a folder) and loads with
+    ``local_files_only``, so it works offline.
+    """
+
+    def __init__(
+        self,
+        *,
+        checkpoint: Path,
+        hf_config_dir: Path | None = None,
+        device: str = "cpu",
+        label: str = "toxicity",
+        checkpoint_loading: Literal["weights_only", "full_pickle"] = "weights_only",
+    ) -> None:
+        try:
+            # Optional dependencies (the ``detoxify`` extra pulls torch): imported by name so
+            # the curator's light environment type-checks and imports without them.
+            torch = importlib.import_module("torch")
+            get_model_and_tokenizer = importlib.import_module(
+                "detoxify.detoxify"
+            ).get_model_and_tokenizer
+        except ImportError as exc:
+            raise ConfigError(
+                "the detoxify toxicity backend needs the 'detoxify' extra "
+                "(pip install 'flywheel-curator[detoxify]')"
+            ) from exc
+        if not checkpoint.is_file():
+            raise ConfigError(f"Detoxify checkpoint {checkpoint} does not exist")
+        try:
+            loaded = torch.load(
+                checkpoint, map_location=device, weights_only=checkpoint_loading == "weights_only"
+            )
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot read Detoxify checkpoint {checkpoint} ({checkpoint_loading}): {exc}"
+            ) from exc
+        try:
+            arch_args: dict[str, Any] = dict(loaded["config"]["arch"]["args"])
+            classes = [str(c) for c in loaded["config"]["dataset"]["args"]["classes"]]
+            state_dict = loaded["state_dict"]
+            model_type = str(arch_args["model_type"])
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{checkpoint} is not a Detoxify checkpoint (needs config.arch.args, "
+                f"config.dataset.args.classes and state_dict): missing {exc}"
+            ) from exc
+        config_dir = hf_config_dir
+        if config_dir is None and Path(model_type).is_dir():
+            config_dir = Path(model_type)
+        if config_dir is None:
+            raise ConfigError(
+                f"Detoxify checkpoint {checkpoint} names hub model {model_type!r}; set "
+                "toxicity.detoxify.hf_config_dir to a local folder with its config.json and "
+                "tokenizer files (loading would otherwise reach for the hub)"
+            )
+        if not (config_dir / "config.json").is_file():
+            raise ConfigError(f"{config_dir} has no config.json (toxicity.detoxify.hf_config_dir)")
+        self.class_names = [_DETOXIFY_CLASS_NAMES.get(c, c) for c in classes]
+        if label != "max" and label not in self.class_names:
+            raise ConfigError(
+                f"Detoxify label {label!r} is not among the checkpoint's classes "
+                f"{self.class_names} (or 'max')"
+            )
+        arch_args["model_type"] = str(config_dir)
+        model, tokenizer = get_model_and_tokenizer(
+            **arch_args, state_dict=state_dict, huggingface_config_path=str(config_dir)
+        )
+        model.to(device)
+        model.eval()
+        self._torch = torch
+        self._model = model
+        self._tokenizer = tokenizer
+        self._device = device
+        self._column = None if label == "max" else self.class_names.index(label)
+        self._identity = f"detoxify/{model_type}/{checkpoint.name}/{label}"
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def score_many(self, texts: Sequence[str]) -> Sequence[float]:
+        if not texts:
+            return []
+        with self._torch.no_grad():
+            inputs = self._tokenizer(
+                list(texts), return_tensors="pt", truncation=True, padding=True
+            ).to(self._device)
+            scores = self._torch.sigmoid(self._model(**inputs)[0]).cpu()
+        picked = scores.max(dim=1).values if self._column is None else scores[:, self._column]
+        return [float(s) for s in picked.tolist()]
+
+
+_JUDGE_SYSTEM_PROMPT = (
+    "You rate the toxicity of a text: insults, threats, harassment, hate or prejudice against "
+    "a group (including polite-sounding or implicit prejudice), sexual content aimed at a "
+    "person, or encouragement of self-harm. Answer with JSON only: "
+    '{"toxicity": p} where p is the probability, from 0 to 1, that the text is toxic.'
+)
+
+Opener = Callable[[urllib.request.Request, float], Any]
+
+
+def _default_opener(request: urllib.request.Request, timeout: float) -> Any:
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - URL scheme is validated
+
+
+class JudgeScorer:
+    """An LLM judge behind an OpenAI-compatible ``POST {base_url}/chat/completions``.
+
+    One request per text, temperature 0, and the answer must be ``{"toxicity": p}``. Anything
+    else (HTTP error, timeout, unparsable answer) raises, and the filter fails closed. Uses only
+    the standard library so the curator needs no HTTP client dependency.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: SecretStr | None = None,
+        timeout_s: float = 10.0,
+        opener: Opener = _default_opener,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"judge base_url must be http(s)://, got {base_url!r}")
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._model = model
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._opener = opener
+
+    @classmethod
+    def from_settings(cls, settings: JudgeSettings) -> JudgeScorer:
+        return cls(
+            base_url=settings.base_url,
+            model=settings.model,
+            api_key=settings.api_key,
+            timeout_s=settings.timeout_s,
+        )
+
+    @property
+    def identity(self) -> str:
+        return f"judge/{self._model}"
+
+    def score_many(self, texts: Sequence[str]) -> Sequence[float]:
+        return [self._score(text) for text in texts]
+
+    def _score(self, text: str) -> float:
+        body = {
+            "model": self._model,
+            "temperature": 0,
+            "messages": [
+                {"role": "system", "content": _JUDGE_SYSTEM_PROMPT},
+                {"role": "user", "content": text},
+            ],
+        }
+        headers = {"Content-Type": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        # The scheme is validated to be http(s) in __init__.
+        request = urllib.request.Request(  # noqa: S310
+            self._url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
+        )
+        with self._opener(request, self._timeout_s) as response:
+            answer = json.loads(response.read().decode("utf-8"))
+        content = str(answer["choices"][0]["message"]["content"]).strip()
+        # Some servers wrap JSON answers in a Markdown fence.
+        content = content.removeprefix("```json").removeprefix("```").removesuffix("```")
+        return float(json.loads(content)["toxicity"])
+
+
+class ToxicityFilter:
+    """Scores chosen and rejected in batches; rejects toxic or more-toxic-than-rejected pairs.
+
+    ``check_many`` scores a whole batch in ``batch_size`` chunks (the pipeline should call it
+    once per buffer); ``check`` is the one-candidate form. Both raise ``ToxicityScorerError``
+    instead of giving a verdict when the scorer fails.
+    """
+
+    name = "toxicity"
+
+    def __init__(
+        self,
+        *,
+        scorer: ToxicityScorer,
+        max_score: float,
+        relative_margin: float,
+        batch_size: int = 64,
+    ) -> None:
+        if not 0.0 < max_score <= 1.0 or not 0.0 <= relative_margin < 1.0 or batch_size < 1:
+            raise ConfigError(
+                "toxicity needs 0 < max_score <= 1, 0 <= relative_margin < 1, batch_size >= 1; "
+                f"got {max_score}, {relative_margin}, {batch_size}"
+            )
+        self.scorer = scorer
+        self.max_score = max_score
+        self.relative_margin = relative_margin
+        self.batch_size = batch_size
+
+    def check(self, candidate: Candidate) -> Verdict:
+        return self.check_many([candidate])[0]
+
+    def check_many(self, candidates: Sequence[Candidate]) -> list[Verdict]:
+        texts = [t for c in candidates for t in (c.chosen, c.rejected)]
+        scores = self.score_many(texts)
+        return [
+            self._verdict(c, scores[2 * i], scores[2 * i + 1]) for i, c in enumerate(candidates)
+        ]
+
+    def score_many(self, texts: Sequence[str]) -> list[float]:
+        """Scores ``texts`` in chunks and checks every answer; raises ``ToxicityScorerError``."""
+        backend = self._backend_name()
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            try:
+                answer = [float(s) for s in self.scorer.score_many(chunk)]
+            except ToxicityScorerError:
+                raise
+            except Exception as exc:
+                # Fail closed: whatever went wrong, no score means no verdict.
+                raise ToxicityScorerError(backend, f"{type(exc).__name__}: {exc}") from exc
+            if len(answer) != len(chunk):
+                raise ToxicityScorerError(backend, f"{len(answer)} scores for {len(chunk)} texts")
+            bad = [s for s in answer if not (math.isfinite(s) and 0.0 <= s <= 1.0)]
+            if bad:
+                raise ToxicityScorerError(backend, f"scores outside [0, 1]: {bad[:3]}")
+            scores.extend(answer)
+        return scores
+
+    def _backend_name(self) -> str:
+        try:
+            return self.scorer.identity
+        except Exception:  # an identity that raises must not hide the scorer's own failure
+            return type(self.scorer).__name__
+
+    def _verdict(self, candidate: Candidate, chosen: float, rejected: float) -> Verdict:
+        reasons: list[str] = []
+        details: list[str] = []
+        if chosen >= self.max_score:
+            reasons.append(TOXIC_CHOSEN)
+            details.append(f"chosen {chosen:.3f} >= {self.max_score}")
+        if chosen > rejected + self.relative_margin:
+            reasons.append(TOXICITY_INCREASE)
+            details.append(
+                f"chosen {chosen:.3f} > rejected {rejected:.3f} + {self.relative_margin}"
+            )
+        scores = {"toxicity": chosen, "toxicity_rejected": rejected}
+        if not reasons:
+            return Verdict(candidate=candidate, accepted=True, scores=scores)
+        return Verdict(
+            candidate=candidate,
+            accepted=False,
+            reasons=tuple(reasons),
+            detail="; ".join(details),
+            scores=scores,
+        )
