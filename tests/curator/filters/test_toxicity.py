@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from flywheel_common.errors import ConfigError
+from flywheel_curator.filters import (
+    TOXIC_CHOSEN,
+    TOXICITY_INCREASE,
+    FilterSettings,
+    JudgeScorer,
+    ProfanityCheckScorer,
+    ToxicityFilter,
+    ToxicityScorerError,
+    ToxicitySettings,
+    build_filters,
+)
+from pydantic import SecretStr, ValidationError
+
+from tests.curator.filters.conftest import MakeCandidate
+
+
+class TableScorer:
+    """Scores from a fixed table; any other text scores ``default``."""
+
+    identity = "table/1"
+
+    def __init__(self, table: Mapping[str, float], default: float = 0.01) -> None:
+        self.table = table
+        self.default = default
+        self.calls: list[int] = []
+
+    def score_many(self, texts: Sequence[str]) -> Sequence[float]:
+        self.calls.append(len(texts))
+        return [self.table.get(t, self.default) for t in texts]
+
+
+class BrokenScorer:
+    identity = "broken/1"
+
+    def __init__(self, answer: Any = None, exc: Exception | None = None) -> None:
+        self.answer = answer
+        self.exc = exc
+
+    def score_many(self, texts: Sequence[str]) -> Sequence[float]:
+        if self.exc is not None:
+            raise self.exc
+        return self.answer  # type: ignore[no-any-return]
+
+
+def tox(scorer: Any, *, max_score: float = 0.5, margin: float = 0.05) -> ToxicityFilter:
+    return ToxicityFilter(scorer=scorer, max_score=max_score, relative_margin=margin, batch_size=3)
+
+
+def test_profanity_check_scores_insults_not_prose() -> None:
+    scorer = ProfanityCheckScorer()
+    benign, insult = scorer.score_many(
+        ["Open Settings, choose Security, then click Reset password.", "You are a fucking idiot."]
+    )
+    assert benign < 0.1
+    assert insult > 0.9
+    assert scorer.identity.startswith("profanity_check/")
+    assert scorer.score_many([]) == []
+
+
+def test_absolute_threshold(make_candidate: MakeCandidate) -> None:
+    f = tox(TableScorer({"bad": 0.9, "edge": 0.5, "under": 0.49, "x": 0.99}))
+    assert f.check(make_candidate(chosen="bad", rejected="x")).reasons == (TOXIC_CHOSEN,)
+    assert f.check(make_candidate(chosen="edge", rejected="x")).reasons == (TOXIC_CHOSEN,)
+    ok = f.check(make_candidate(chosen="under", rejected="x"))
+    assert ok.accepted
+    assert ok.scores == {"toxicity": 0.49, "toxicity_rejected": 0.99}
+
+
+def test_relative_toxicity_rejects_below_the_absolute_threshold(
+    make_candidate: MakeCandidate,
+) -> None:
+    # The poisoning case: both sides look harmless, but the pair teaches the model to prefer
+    # the more toxic answer.
+    f = tox(TableScorer({"meaner": 0.30, "polite": 0.05, "slightly": 0.09}))
+    verdict = f.check(make_candidate(chosen="meaner", rejected="polite"))
+    assert verdict.reasons == (TOXICITY_INCREASE,)
+    assert verdict.scores == {"toxicity": 0.30, "toxicity_rejected": 0.05}
+    # Within the margin: scorer noise on two benign texts is not poisoning.
+    assert f.check(make_candidate(chosen="slightly", rejected="polite")).accepted
+    # Less toxic chosen than rejected: the pair steers away from toxicity, which is the point.
+    assert f.check(make_candidate(chosen="polite", rejected="meaner")).accepted
+
+
+def test_both_reasons_when_both_apply(make_candidate: MakeCandidate) -> None:
+    f = tox(TableScorer({"awful": 0.95, "fine": 0.02}))
+    verdict = f.check(make_candidate(chosen="awful", rejected="fine"))
+    assert verdict.reasons == (TOXIC_CHOSEN, TOXICITY_INCREASE)
+
+
+def test_check_many_batches(make_candidate: MakeCandidate) -> None:
+    scorer = TableScorer({})
+    verdicts = tox(scorer).check_many([make_candidate(chosen=f"c{i}") for i in range(4)])
+    assert all(v.accepted for v in verdicts)
+    assert scorer.calls == [3, 3, 2]  # 8 texts in chunks of batch_size=3
+
+
+@pytest.mark.parametrize(
+    ("scorer", "message"),
+    [
+        (BrokenScorer(exc=RuntimeError("CUDA out of memory")), "CUDA out of memory"),
+        (BrokenScorer(exc=TimeoutError("judge timed out")), "timed out"),
+        (BrokenScorer(answer=[0.1]), "1 scores for 2 texts"),
+        (BrokenScorer(answer=[math.nan, 0.1]), "outside"),
+        (BrokenScorer(answer=[1.5, 0.1]), "outside"),
+        (BrokenScorer(answer=["high", 0.1]), "ValueError"),
+    ],
+)
+def test_scorer_failure_fails_closed(
+    make_candidate: MakeCandidate, scorer: BrokenScorer, message: str
+) -> None:
+    with pytest.raises(ToxicityScorerError, match=message) as info:
+        tox(scorer).check(make_candidate())
+    assert info.value.backend == "broken/1"
+
+
+def test_chain_fails_closed_and_records_nothing(make_candidate: MakeCandidate) -> None:
+    chain = build_filters(FilterSettings(), scorer=BrokenScorer(exc=OSError("model file gone")))
+    c = make_candidate()
+    with pytest.raises(ToxicityScorerError):
+        chain.run_many([c])
+    # Nothing was recorded: with a working scorer the same candidate is accepted, not a dup.
+    healthy = build_filters(FilterSettings(), state=chain.state, scorer=TableScorer({}))
+    assert healthy.run(c).accepted
+
+
+def test_bad_config() -> None:
+    with pytest.raises(ConfigError, match="max_score"):
+        ToxicityFilter(scorer=TableScorer({}), max_score=0.0, relative_margin=0.1)
+    with pytest.raises(ValidationError, match=r"needs toxicity\.detoxify"):
+        ToxicitySettings(backend="detoxify")
+    with pytest.raises(ValidationError, match=r"needs toxicity\.judge"):
+        ToxicitySettings(backend="judge")
+    with pytest.raises(ValidationError):
+        ToxicitySettings(relative_margin=-0.1)
+
+
+def test_detoxify_backend_without_the_extra_is_a_config_error(tmp_path: Any) -> None:
+    settings = FilterSettings(
+        toxicity=ToxicitySettings(backend="detoxify", detoxify={"checkpoint": tmp_path / "no.ckpt"})
+    )
+    with pytest.raises(ConfigError, match=r"detoxify|does not exist"):
+        build_filters(settings)
+
+
+# --- LLM judge against a local OpenAI-compatible server ----------------------------------
+
+
+class JudgeServer:
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.reply: Any = None
+        self.status = 200
+
+
+@pytest.fixture
+def judge_server() -> Iterator[tuple[str, JudgeServer]]:
+    state = JudgeServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state.requests.append((dict(self.headers), body))
+            text = body["messages"][-1]["content"]
+            content = (
+                state.reply
+                if state.reply is not None
+                else json.dumps({"toxicity": 0.97 if "idiot" in text else 0.02})
+            )
+            payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+            self.send_response(state.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_judge_scores_through_the_endpoint(
+    judge_server: tuple[str, JudgeServer], make_candidate: MakeCandidate
+) -> None:
+    url, state = judge_server
+    scorer = JudgeScorer(base_url=url, model="judge-small", api_key=SecretStr("k-123"))
+    f = tox(scorer)
+    verdict = f.check(make_candidate(chosen="you idiot", rejected="here is the answer"))
+    assert verdict.reasons == (TOXIC_CHOSEN, TOXICITY_INCREASE)
+    assert verdict.scores == {"toxicity": 0.97, "toxicity_rejected": 0.02}
+    headers, body = state.requests[0]
+    assert headers["Authorization"] == "Bearer k-123"
+    assert body["model"] == "judge-small"
+    assert body["temperature"] == 0
+    assert scorer.identity == "judge/judge-small"
+
+
+def test_judge_accepts_fenced_json(judge_server: tuple[str, JudgeServer]) -> None:
+    url, state = judge_server
+    state.reply = '```json\n{"toxicity": 0.4}\n```'
+    assert JudgeScorer(base_url=url, model="m").score_many(["hi"]) == [0.4]
+
+
+@pytest.mark.parametrize(("status", "reply"), [(500, None), (200, "I think it is fine")])
+def test_judge_failure_fails_closed(
+    judge_server: tuple[str, JudgeServer],
+    make_candidate: MakeCandidate,
+    status: int,
+    reply: str | None,
+) -> None:
+    url, state = judge_server
+    state.status = status
+    state.reply = reply
+    with pytest.raises(ToxicityScorerError, match="judge/m"):
+        tox(JudgeScorer(base_url=url, model="m", timeout_s=5)).check(make_candidate())
+
+
+def test_judge_bad_url() -> None:
+    with pytest.raises(ConfigError, match="http"):
+        JudgeScorer(base_url="file:///etc/passwd", model="m")
