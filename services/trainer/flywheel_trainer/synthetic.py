@@ -1,0 +1,153 @@
+"""Synthetic preference data, a tokenizer trained on the spot and random-init causal LMs.
+
+Nothing here downloads anything: tests, ``bench/trainer.py`` and the demo use it to run the real
+training path where no model hub is reachable. The preference is learnable but not trivial: the
+prompt names a key, and which of two closing words is preferred depends on that key, so a model
+that always favours one word is right only half the time.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "SyntheticPair",
+    "build_tokenizer",
+    "generate_pairs",
+    "random_init_model",
+    "save_base_model",
+]
+
+# A minimal chat template: the rendered prompt with the generation prompt is always a prefix of
+# the rendered prompt + answer, which is what TRL needs to find where a completion starts.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|eos|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+SPECIAL_TOKENS = ("<|pad|>", "<|unk|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>")
+
+_KEYS = ("alpha", "beta")
+# For key alpha the chosen answer closes with "sun" and the rejected one with "moon"; beta swaps.
+_ENDINGS = {"alpha": ("sun", "moon"), "beta": ("moon", "sun")}
+_FILLER = tuple(f"w{i}" for i in range(40))
+_SOURCES = ("edit", "correction", "regenerate", "paired_outcome")
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticPair:
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str
+
+
+def generate_pairs(n: int, *, seed: int = 0, filler_words: int = 3) -> list[SyntheticPair]:
+    """``n`` distinct-looking pairs whose preference depends on the key named in the prompt."""
+    rng = random.Random(seed)  # noqa: S311 - test data, not secrets
+    out = []
+    for i in range(n):
+        key = _KEYS[i % 2]
+        good, bad = _ENDINGS[key]
+        topic = " ".join(rng.choice(_FILLER) for _ in range(filler_words))
+        body = " ".join(rng.choice(_FILLER) for _ in range(filler_words))
+        # The index makes every prompt unique, so content-hash pair ids never collide.
+        prompt = f"n{i % 1000} key {key} about {topic}"
+        out.append(
+            SyntheticPair(
+                prompt=prompt,
+                chosen=f"{body} {good}",
+                rejected=f"{body} {bad}",
+                source=_SOURCES[i % len(_SOURCES)],
+            )
+        )
+    return out
+
+
+def _vocabulary() -> list[str]:
+    words = [*_KEYS, "key", "about", "sun", "moon", *_FILLER, *(f"n{i}" for i in range(1000))]
+    return [*SPECIAL_TOKENS, *words]
+
+
+def build_tokenizer() -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` with a chat template, built without a download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(_vocabulary())}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))  # noqa: S106
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=core,
+        pad_token="<|pad|>",  # noqa: S106 - a token, not a password
+        unk_token="<|unk|>",  # noqa: S106
+        eos_token="<|eos|>",  # noqa: S106
+        additional_special_tokens=list(SPECIAL_TOKENS[3:]),
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    # TRL pads on the left for generation; our own scoring pads explicitly either way.
+    tok.padding_side = "left"
+    return tok
+
+
+Architecture = Literal["llama", "qwen2"]
+
+
+def random_init_model(
+    *,
+    vocab_size: int,
+    architecture: Architecture = "llama",
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    max_positions: int = 256,
+    pad_token_id: int = 0,
+    eos_token_id: int = 2,
+    seed: int = 0,
+) -> Any:
+    """A randomly initialised causal LM of a real architecture (no weights are downloaded)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size or hidden_size * 4,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads or heads,
+        "max_position_embeddings": max_positions,
+        "pad_token_id": pad_token_id,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
+        "tie_word_embeddings": False,
+    }
+    if architecture == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common))
+    return LlamaForCausalLM(LlamaConfig(**common))
+
+
+def save_base_model(
+    directory: Path, *, architecture: Architecture = "llama", seed: int = 0, **sizes: Any
+) -> Path:
+    """Write a random-init model and the synthetic tokenizer as a local base-model folder."""
+    tok = build_tokenizer()
+    model = random_init_model(
+        vocab_size=len(tok),
+        architecture=architecture,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        seed=seed,
+        **sizes,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
