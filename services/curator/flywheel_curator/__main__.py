@@ -1,0 +1,35 @@
+"""``python -m flywheel_curator``: build the settings, configure logging, run the consumer
+until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from flywheel_common.errors import FlywheelError
+from flywheel_common.logs import configure_logging
+from prometheus_client import start_http_server
+
+from flywheel_curator.consumer import Curator, stop_on_signals
+from flywheel_curator.settings import CuratorSettings
+
+
+def main() -> int:
+    settings = CuratorSettings()
+    configure_logging(settings.logging.level, settings.logging.format)
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port)
+    stop = threading.Event()
+    restore = stop_on_signals(stop)
+    try:
+        Curator(settings).run(stop)
+    except FlywheelError as exc:
+        print(f"flywheel-curator: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        restore()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Dead letters and gold notifications: the two things the curator produces to Kafka.
+
+A dead letter's ``event_id`` is derived from the source coordinates, so the copy re-sent after
+a crash (the DLQ is at-least-once) is recognisably the same letter. The batch that read a bad
+message is committed to Delta only after its dead letters are acknowledged, so a message is
+never skipped without its letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from confluent_kafka import KafkaError, Message, Producer
+from flywheel_common.codec import AvroCodec
+from flywheel_common.errors import BrokerUnavailableError
+from flywheel_common.settings import KafkaSettings
+
+from flywheel_curator import metrics
+
+__all__ = ["Notifier"]
+
+log = logging.getLogger(__name__)
+
+_COMPONENT = "curator"
+_FLUSH_TIMEOUT_S = 30.0
+_NAMESPACE = uuid.UUID("6f1c2d4e-8a7b-4c3d-9e2f-0a1b2c3d4e5f")
+
+
+class Notifier:
+    """Produces dead letters and ``GoldCommitted`` events with one reliable producer."""
+
+    def __init__(
+        self, producer: Producer, codec: AvroCodec, kafka: KafkaSettings, *, curator: str
+    ) -> None:
+        self._producer = producer
+        self._codec = codec
+        self._topics = kafka.topics
+        self._curator = curator
+        self._failed = 0
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._failed += 1
+            log.error("produce failed", extra={"error": str(err)})
+
+    def dead_letter(
+        self,
+        msg: Message,
+        *,
+        reason: str,
+        detail: str,
+        tenant: str | None = None,
+    ) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        _kind, broker_ts = msg.timestamp()
+        now = datetime.now(tz=UTC)
+        record = {
+            "event_id": str(uuid.uuid5(_NAMESPACE, f"{topic}:{partition}:{offset}")),
+            "occurred_at": now,
+            "received_at": datetime.fromtimestamp(max(broker_ts, 0) / 1000, tz=UTC),
+            "tenant": tenant,
+            "source_topic": topic,
+            "source_partition": partition,
+            "source_offset": offset,
+            "key": msg.key(),
+            "payload": msg.value() or b"",
+            "reason": reason,
+            "detail": detail[:4096],
+            "component": _COMPONENT,
+        }
+        self._produce(self._topics.dlq, msg.key(), self._codec.encode("DeadLetter", record))
+        metrics.DLQ.labels(reason=reason).inc()
+        log.warning(
+            "dead letter",
+            extra={"topic": topic, "partition": partition, "offset": offset, "reason": reason},
+        )
+
+    def gold_committed(
+        self, *, table: str, table_uri: str, version: int, rows: int, tenants: Sequence[str]
+    ) -> None:
+        now = datetime.now(tz=UTC)
+        record = {
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": now,
+            "received_at": now,
+            "tenants": list(tenants),
+            "table": table,
+            "table_uri": table_uri,
+            "version": version,
+            "rows_added": rows,
+            "curator": self._curator,
+        }
+        self._produce(
+            self._topics.gold, table.encode(), self._codec.encode("GoldCommitted", record)
+        )
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports to make room, then try again.
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = _FLUSH_TIMEOUT_S) -> None:
+        """Wait until everything produced so far is acknowledged; raise if anything was not."""
+        left = self._producer.flush(timeout_s)
+        failed, self._failed = self._failed, 0
+        if left or failed:
+            raise BrokerUnavailableError(
+                f"{left} messages not acknowledged and {failed} failed within {timeout_s}s"
+            )
+
+    def poll(self) -> None:
+        self._producer.poll(0)

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the curator. Every message is counted somewhere: consumed, then
+either skipped as already committed, dead-lettered, or turned into state and rows."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "ACCEPTED",
+    "BATCHES_DROPPED",
+    "CANDIDATES",
+    "COMMITS",
+    "COMMIT_SECONDS",
+    "CONSUMED",
+    "DLQ",
+    "DUPLICATE_EVENTS",
+    "JOIN_EXPIRED",
+    "JOIN_MISSES",
+    "JOIN_PENDING",
+    "REJECTED",
+    "REPLAYED_ROWS_SKIPPED",
+    "ROWS_WRITTEN",
+    "SFT",
+    "STATE_ROWS",
+]
+
+CONSUMED = Counter("flywheel_curator_consumed", "Messages consumed", ["topic"])
+DLQ = Counter("flywheel_curator_dlq", "Messages sent to the dead-letter topic", ["reason"])
+DUPLICATE_EVENTS = Counter("flywheel_curator_duplicate_events", "Events whose event_id was seen")
+CANDIDATES = Counter("flywheel_curator_candidates", "Candidate pairs formed", ["source"])
+ACCEPTED = Counter("flywheel_curator_pairs_accepted", "Pairs accepted", ["source"])
+REJECTED = Counter("flywheel_curator_pairs_rejected", "Candidates rejected", ["reason"])
+SFT = Counter("flywheel_curator_sft_sampled", "Runs sampled into sft_examples")
+JOIN_PENDING = Counter("flywheel_curator_join_pending", "Feedback that waited for its run")
+JOIN_EXPIRED = Counter("flywheel_curator_join_expired", "Feedback whose run never came in time")
+JOIN_MISSES = Counter("flywheel_curator_join_misses", "Joins that found nothing", ["join"])
+COMMITS = Counter("flywheel_curator_commits", "Delta commits", ["table"])
+COMMIT_SECONDS = Histogram(
+    "flywheel_curator_commit_seconds",
+    "Time in one Delta commit",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+ROWS_WRITTEN = Counter("flywheel_curator_rows_written", "Rows committed", ["table"])
+REPLAYED_ROWS_SKIPPED = Counter(
+    "flywheel_curator_replayed_rows_skipped",
+    "Rows re-derived on replay that the table already holds",
+    ["table"],
+)
+BATCHES_DROPPED = Counter(
+    "flywheel_curator_batches_dropped", "Micro-batches dropped and re-read", ["reason"]
+)
+STATE_ROWS = Gauge("flywheel_curator_state_rows", "Rows in the join state", ["kind"])

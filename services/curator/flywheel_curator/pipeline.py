@@ -1,0 +1,598 @@
+"""Sources → filter chain → rows: the curation logic shared by the stream (``consumer.py``) and
+``flywheel curate`` (``cli.py``).
+
+``Pipeline.process`` takes one decoded, validated event with its Kafka coordinates, updates
+the join state and collects candidates; ``Pipeline.drain`` runs the filter chain over the
+collected candidates in order and returns the rows for the three tables. Every row carries
+its *ingredients*: the coordinates of every event that went into it, so the stream can tell a
+row it already committed before a crash (all ingredients below the table's offsets) from a
+new one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from flywheel_common.lake import TableName, content_hash
+from flywheel_common.topics import EventType
+
+from flywheel_curator import metrics
+from flywheel_curator.candidate import Candidate, KafkaOrigin, Verdict
+from flywheel_curator.filters.settings import FilterSettings
+from flywheel_curator.joins import JoinStore, StoreKeys
+from flywheel_curator.sources import (
+    POSITIVE,
+    RunView,
+    correction_candidate,
+    edit_candidate,
+    event_ts_ms,
+    inline_run,
+    is_kept_signal,
+    paired_candidate,
+    polarity,
+    prompt_key,
+    regenerate_candidate,
+    sft_sampled,
+    user_hash,
+)
+
+if TYPE_CHECKING:
+    from flywheel_curator.settings import CuratorSettings
+
+__all__ = ["CuratedRow", "FilterChain", "Pipeline", "Summary", "build_chain", "build_pipeline"]
+
+log = logging.getLogger(__name__)
+
+# The weight a pair carries into training, by how strong its signal is: an edit or a
+# correction is the user's own text; a regenerate or a paired outcome is a choice between two
+# model answers.
+_WEIGHTS: Mapping[str, float] = {
+    "edit": 1.0,
+    "correction": 1.0,
+    "regenerate": 0.7,
+    "paired_outcome": 0.5,
+}
+
+
+class FilterChain:
+    """Runs candidates through the filters in order; the first rejection decides.
+
+    Stateless filters run stage by stage over the whole batch (``check_many`` where a filter
+    has it: the toxicity scorer is much faster in batches). Stateful filters (those with
+    ``record``: dedup, near-dup, caps) run last, one candidate at a time, and remember a
+    candidate only once every filter accepted it, so a later candidate in the same batch sees
+    it. ``states`` are the filters' in-memory states, committed after the Delta commit and
+    rolled back when a batch is dropped.
+    """
+
+    def __init__(self, filters: Sequence[Any], *, states: Sequence[Any] = ()) -> None:
+        self.filters = list(filters)
+        self.names = tuple(str(getattr(f, "name", type(f).__name__)) for f in self.filters)
+        self._stateless = [f for f in self.filters if not hasattr(f, "record")]
+        self._stateful = [f for f in self.filters if hasattr(f, "record")]
+        self.states = list(states)
+
+    def run(self, candidates: Sequence[Candidate]) -> list[Verdict]:
+        current = list(candidates)
+        scores: list[dict[str, float]] = [{} for _ in candidates]
+        final: list[Verdict | None] = [None] * len(candidates)
+        alive = list(range(len(candidates)))
+        for f in self._stateless:
+            if not alive:
+                break
+            batch = [current[i] for i in alive]
+            many = getattr(f, "check_many", None)
+            verdicts = many(batch) if many is not None else [f.check(c) for c in batch]
+            survivors = []
+            for i, verdict in zip(alive, verdicts, strict=True):
+                scores[i].update(verdict.scores)
+                current[i] = verdict.candidate
+                if verdict.accepted:
+                    survivors.append(i)
+                else:
+                    final[i] = verdict
+            alive = survivors
+        for i in alive:
+            verdict = Verdict.accept(current[i])
+            for f in self._stateful:
+                verdict = f.check(current[i])
+                scores[i].update(verdict.scores)
+                if not verdict.accepted:
+                    final[i] = verdict
+                    break
+            else:
+                for f in self._stateful:
+                    f.record(current[i])
+        out: list[Verdict] = []
+        for i, verdict in enumerate(final):
+            if verdict is None:
+                out.append(Verdict(candidate=current[i], accepted=True, scores=scores[i]))
+            else:
+                out.append(
+                    Verdict(
+                        candidate=verdict.candidate,
+                        accepted=False,
+                        reasons=verdict.reasons,
+                        detail=verdict.detail,
+                        scores=scores[i],
+                    )
+                )
+        return out
+
+    def commit(self) -> None:
+        for state in self.states:
+            state.commit()
+
+    def rollback(self) -> None:
+        for state in self.states:
+            state.rollback()
+
+
+@dataclass(frozen=True, slots=True)
+class CuratedRow:
+    """A row for one table and the events it was made from."""
+
+    table: TableName
+    row: dict[str, Any]
+    ingredients: tuple[KafkaOrigin, ...]
+
+
+@dataclass
+class Summary:
+    """What a run of the pipeline did; printed by ``flywheel curate``."""
+
+    events: Counter[str] = field(default_factory=Counter)
+    candidates: Counter[str] = field(default_factory=Counter)
+    accepted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    sft: int = 0
+    dlq: Counter[str] = field(default_factory=Counter)
+    duplicate_events: int = 0
+    pending_expired: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": dict(self.events),
+            "candidates": dict(self.candidates),
+            "accepted": dict(self.accepted),
+            "accepted_total": sum(self.accepted.values()),
+            "rejected": dict(self.rejected),
+            "rejected_total": sum(self.rejected.values()),
+            "sft_examples": self.sft,
+            "dlq": dict(self.dlq),
+            "duplicate_events": self.duplicate_events,
+            "pending_expired": self.pending_expired,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Proposal:
+    candidate: Candidate
+    ingredients: tuple[KafkaOrigin, ...]
+
+
+class Pipeline:
+    """The curation logic over one ``JoinStore``; not thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        store: JoinStore,
+        chain: FilterChain,
+        filter_config_hash: str,
+        curator_version: str,
+        sft_sample_rate: float,
+        join_window_ms: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+    ) -> None:
+        self.store = store
+        self.chain = chain
+        self.filter_config_hash = filter_config_hash
+        self.curator_version = curator_version
+        self.sft_sample_rate = sft_sample_rate
+        self.join_window_ms = join_window_ms
+        self.clock = clock
+        self.summary = Summary()
+        self._proposals: list[_Proposal] = []
+        self._sft: list[CuratedRow] = []
+        self._stream_ts = 0
+
+    # -- events -------------------------------------------------------------------------------
+
+    def process(
+        self, event_type: EventType, record: Mapping[str, Any], origin: KafkaOrigin
+    ) -> None:
+        """Apply one validated event to the state and collect the candidates it completes."""
+        ts = event_ts_ms(record)
+        self._stream_ts = max(self._stream_ts, ts)
+        # A client retry re-sends the same event_id: count it once (a retried thumbs-down must
+        # not become two corrections, nor count twice against a cap).
+        event_key = f"{event_type}\x00{record['tenant']}\x00{record['event_id']}"
+        if not self.store.add_seen("event", event_key, ts=ts):
+            self.summary.duplicate_events += 1
+            metrics.DUPLICATE_EVENTS.inc()
+            return
+        self.summary.events[event_type] += 1
+        if event_type == "run":
+            self._on_run(record, origin, ts)
+        elif event_type == "feedback":
+            self._on_feedback(record, origin, ts)
+        else:
+            self._on_edit(record, origin)
+
+    def _on_run(self, record: Mapping[str, Any], origin: KafkaOrigin, ts: int) -> None:
+        view = RunView.of_run(record)
+        self.store.put_run(
+            view.to_json(),
+            ts=ts,
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+        )
+        for fb, topic, partition, offset in self.store.pop_pending(view.run_id):
+            self._with_run(fb, view, KafkaOrigin(topic, partition, offset), origin)
+
+    def _on_feedback(self, record: Mapping[str, Any], origin: KafkaOrigin, ts: int) -> None:
+        run = inline_run(record)
+        run_origin: KafkaOrigin | None = None
+        if run is None:
+            stored = self.store.get_run(record["run_id"])
+            if stored is None:
+                # Feedback before its run: wait for it, until the window ends.
+                self.store.add_pending(
+                    _jsonable(record),
+                    ts=ts,
+                    topic=origin.topic,
+                    partition=origin.partition,
+                    offset=origin.offset,
+                )
+                metrics.JOIN_PENDING.inc()
+                return
+            run = RunView.from_json(stored.record)
+            run_origin = KafkaOrigin(stored.topic, stored.partition, stored.offset)
+        self._with_run(record, run, origin, run_origin)
+
+    def _on_edit(self, record: Mapping[str, Any], origin: KafkaOrigin) -> None:
+        self.store.mark_run(record["run_id"], flag="edited")
+        self._propose(edit_candidate(record, origin), (origin,))
+
+    def _with_run(
+        self,
+        feedback: Mapping[str, Any],
+        run: RunView,
+        origin: KafkaOrigin,
+        run_origin: KafkaOrigin | None,
+    ) -> None:
+        ingredients = (origin,) if run_origin is None else (origin, run_origin)
+        correction = correction_candidate(feedback, run, origin)
+        if correction is not None:
+            self._propose(correction, ingredients)
+        pol = polarity(feedback)
+        if pol != 0:
+            self._paired_outcome(feedback, run, pol, origin, ingredients)
+        if run.parent_run_id and is_kept_signal(feedback):
+            self._regenerate(feedback, run, origin, ingredients)
+        if pol == POSITIVE and correction is None:
+            self._maybe_sft(feedback, run, origin, ingredients, in_store=run_origin is not None)
+
+    def _paired_outcome(
+        self,
+        feedback: Mapping[str, Any],
+        run: RunView,
+        pol: int,
+        origin: KafkaOrigin,
+        ingredients: tuple[KafkaOrigin, ...],
+    ) -> None:
+        key = prompt_key(run)
+        body = {"run": run.to_json(), "ingredients": [_origin_json(o) for o in ingredients]}
+        # Only a run's first rating takes part; it is then matched at most once.
+        if not self.store.add_seen("rated", f"{key}\x00{run.run_id}", ts=event_ts_ms(feedback)):
+            return
+        opposite = self.store.take_opposite(key, polarity=pol, run_id=run.run_id)
+        self.store.add_rated(
+            key,
+            polarity=pol,
+            run_id=run.run_id,
+            ts=event_ts_ms(feedback),
+            body=body,
+            matched=opposite is not None,
+        )
+        if opposite is None:
+            return
+        other = RunView.from_json(opposite.body["run"])
+        other_ingredients = tuple(_origin_of(o) for o in opposite.body["ingredients"])
+        up, down = (run, other) if pol == POSITIVE else (other, run)
+        candidate = paired_candidate(up, down, feedback, origin)
+        if candidate is not None:
+            self._propose(candidate, ingredients + other_ingredients)
+
+    def _regenerate(
+        self,
+        feedback: Mapping[str, Any],
+        run: RunView,
+        origin: KafkaOrigin,
+        ingredients: tuple[KafkaOrigin, ...],
+    ) -> None:
+        assert run.parent_run_id is not None  # noqa: S101 - checked by the caller
+        parent = self.store.get_run(run.parent_run_id)
+        if parent is None:
+            metrics.JOIN_MISSES.labels(join="regenerate_parent").inc()
+            return
+        # One pair per kept regeneration, whatever the number of kept signals.
+        if not self.store.mark_run(run.run_id, flag="kept"):
+            return
+        candidate = regenerate_candidate(run, RunView.from_json(parent.record), feedback, origin)
+        if candidate is not None:
+            parent_origin = KafkaOrigin(parent.topic, parent.partition, parent.offset)
+            self._propose(candidate, (*ingredients, parent_origin))
+
+    def _maybe_sft(
+        self,
+        feedback: Mapping[str, Any],
+        run: RunView,
+        origin: KafkaOrigin,
+        ingredients: tuple[KafkaOrigin, ...],
+        *,
+        in_store: bool,
+    ) -> None:
+        if not sft_sampled(run.run_id, self.sft_sample_rate):
+            return
+        if in_store:
+            stored = self.store.get_run(run.run_id)
+            if (
+                stored is None
+                or stored.edited
+                or not self.store.mark_run(run.run_id, flag="sampled")
+            ):
+                return
+        elif not self.store.add_seen("sft", run.run_id, ts=event_ts_ms(feedback)):
+            return
+        now = self.clock()
+        self.summary.sft += 1
+        metrics.SFT.inc()
+        self._sft.append(
+            CuratedRow(
+                table="sft_examples",
+                row={
+                    "example_id": content_hash("sft", run.tenant, run.run_id),
+                    "prompt": [dict(m) for m in run.prompt],
+                    "response": run.response,
+                    "run_id": run.run_id,
+                    "tenant": run.tenant,
+                    "user_hash": user_hash(run.tenant, run.user_id),
+                    "feature": run.feature,
+                    "model": run.model,
+                    "model_version": run.model_version,
+                    **self._lineage(datetime.fromtimestamp(run.event_time_ms / 1000, tz=UTC), now),
+                    **_kafka(origin),
+                },
+                ingredients=ingredients,
+            )
+        )
+
+    def _propose(self, candidate: Candidate, ingredients: tuple[KafkaOrigin, ...]) -> None:
+        self.summary.candidates[candidate.source] += 1
+        metrics.CANDIDATES.labels(source=candidate.source).inc()
+        self._proposals.append(_Proposal(candidate, ingredients))
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def expire(self) -> int:
+        """Drop joins that fell out of the window (by stream time); returns expired feedback."""
+        if self._stream_ts == 0:
+            return 0
+        expired = self.store.expire(before_ts=self._stream_ts - self.join_window_ms)
+        if expired:
+            self.summary.pending_expired += expired
+            metrics.JOIN_EXPIRED.inc(expired)
+        return expired
+
+    # -- filters and rows ---------------------------------------------------------------------
+
+    def drain(self) -> list[CuratedRow]:
+        """Filter the collected candidates and return every row they and the sampler made."""
+        proposals, self._proposals = self._proposals, []
+        sft, self._sft = self._sft, []
+        rows: list[CuratedRow] = list(sft)
+        if not proposals:
+            return rows
+        verdicts = self.chain.run([p.candidate for p in proposals])
+        now = self.clock()
+        for proposal, verdict in zip(proposals, verdicts, strict=True):
+            source = proposal.candidate.source
+            if verdict.accepted:
+                self.summary.accepted[source] += 1
+                metrics.ACCEPTED.labels(source=source).inc()
+                rows.append(
+                    CuratedRow("dpo_pairs", self._pair_row(verdict, now), proposal.ingredients)
+                )
+            else:
+                for reason in verdict.reasons or ("rejected",):
+                    self.summary.rejected[reason] += 1
+                    metrics.REJECTED.labels(reason=reason).inc()
+                rows.append(
+                    CuratedRow(
+                        "rejected_candidates",
+                        self._rejected_row(proposal.candidate, verdict, now),
+                        proposal.ingredients,
+                    )
+                )
+        return rows
+
+    def reset_pending(self) -> None:
+        """Forget collected candidates and the filters' tentative state (a batch is being
+        dropped; the join store is rolled back by its owner)."""
+        self._proposals.clear()
+        self._sft.clear()
+        self.chain.rollback()
+
+    def committed(self) -> None:
+        """The batch is in the lake: make the filters' tentative state permanent."""
+        self.chain.commit()
+
+    def _lineage(self, event_time: datetime, now: datetime) -> dict[str, Any]:
+        return {
+            "event_time": event_time,
+            "curated_at": now,
+            "curator_version": self.curator_version,
+            "filter_config_hash": self.filter_config_hash,
+        }
+
+    def _pair_row(self, verdict: Verdict, now: datetime) -> dict[str, Any]:
+        c = verdict.candidate
+        prompt = [dict(m) for m in c.prompt]
+        return {
+            "pair_id": content_hash(prompt, c.chosen, c.rejected),
+            "prompt": prompt,
+            "chosen": c.chosen,
+            "rejected": c.rejected,
+            "source": c.source,
+            "run_id": c.run_id,
+            "chosen_run_id": c.chosen_run_id,
+            "rejected_run_id": c.rejected_run_id,
+            "event_id": c.event_id,
+            "tenant": c.tenant,
+            "user_hash": user_hash(c.tenant, c.user_id),
+            "feature": c.feature,
+            "model": c.model,
+            "model_version": c.model_version,
+            "similarity": verdict.scores.get("similarity"),
+            "toxicity": verdict.scores.get("toxicity"),
+            "toxicity_rejected": verdict.scores.get("toxicity_rejected"),
+            "weight": _WEIGHTS.get(c.source, 1.0),
+            **self._lineage(c.event_time, now),
+            **_kafka(c.origin),
+        }
+
+    def _rejected_row(self, original: Candidate, verdict: Verdict, now: datetime) -> dict[str, Any]:
+        # The original texts are kept for audit unless a filter rewrote them (PII redaction):
+        # the audit table must not become the place where the redacted PII survives.
+        c = verdict.candidate
+        prompt = [dict(m) for m in c.prompt]
+        return {
+            "candidate_id": content_hash(
+                original.source, original.event_id, original.run_id, c.chosen, c.rejected
+            ),
+            "source": c.source,
+            "reasons": list(verdict.reasons or ("rejected",)),
+            "detail": verdict.detail or None,
+            "prompt": prompt,
+            "chosen": c.chosen,
+            "rejected": c.rejected,
+            "run_id": c.run_id,
+            "event_id": c.event_id,
+            "tenant": c.tenant,
+            "user_hash": user_hash(c.tenant, c.user_id),
+            "feature": c.feature,
+            "similarity": verdict.scores.get("similarity"),
+            "toxicity": verdict.scores.get("toxicity"),
+            **self._lineage(c.event_time, now),
+            **_kafka(c.origin),
+        }
+
+
+def _kafka(origin: KafkaOrigin) -> dict[str, Any]:
+    return {
+        "kafka_topic": origin.topic,
+        "kafka_partition": origin.partition,
+        "kafka_offset": origin.offset,
+    }
+
+
+def _origin_json(origin: KafkaOrigin) -> list[Any]:
+    return [origin.topic, origin.partition, origin.offset]
+
+
+def _origin_of(value: Iterable[Any]) -> KafkaOrigin:
+    topic, partition, offset = value
+    return KafkaOrigin(str(topic), int(partition), int(offset))
+
+
+def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoded record with its timestamps as epoch milliseconds (JSON-safe, exact)."""
+    out = dict(record)
+    for key in ("occurred_at", "received_at"):
+        value = out.get(key)
+        if isinstance(value, datetime):
+            out[key] = int(value.timestamp() * 1000)
+    return out
+
+
+def build_chain(settings: FilterSettings, store: JoinStore) -> FilterChain:
+    """The default filter chain from settings, with dedup memory in the join store."""
+    from flywheel_curator.filters.dedup import EventDedupFilter, ExactDedupFilter
+    from flywheel_curator.filters.length import LengthFilter
+    from flywheel_curator.filters.neardup import NearDupFilter, NearDupIndex
+    from flywheel_curator.filters.pii import PiiFilter
+    from flywheel_curator.filters.similarity import SimilarityFilter
+    from flywheel_curator.filters.toxicity import ProfanityCheckScorer, ToxicityFilter
+
+    filters: list[Any] = []
+    states: list[Any] = []
+    if settings.length.enabled:
+        filters.append(
+            LengthFilter(
+                min_chars=settings.length.min_chars,
+                max_chars=settings.length.max_chars,
+                max_prompt_chars=settings.length.max_prompt_chars,
+            )
+        )
+    if settings.similarity.enabled:
+        filters.append(
+            SimilarityFilter(
+                min_ratio=settings.similarity.min_ratio,
+                max_ratio=settings.similarity.max_ratio,
+                sources=settings.similarity.sources,
+            )
+        )
+    if settings.pii.enabled:
+        filters.append(PiiFilter(policy=settings.pii.policy, kinds=settings.pii.kinds))
+    if settings.toxicity.enabled:
+        filters.append(
+            ToxicityFilter(
+                scorer=ProfanityCheckScorer(),
+                max_score=settings.toxicity.max_score,
+                relative_margin=settings.toxicity.relative_margin,
+                batch_size=settings.toxicity.batch_size,
+            )
+        )
+    if settings.event_dedup.enabled:
+        filters.append(EventDedupFilter(state=StoreKeys(store, ns="event_dedup")))
+    if settings.dedup.enabled:
+        filters.append(ExactDedupFilter(state=StoreKeys(store, ns="pair_dedup")))
+    if settings.near_dup.enabled:
+        nd = settings.near_dup
+        index = NearDupIndex(
+            threshold=nd.threshold,
+            num_perm=nd.num_perm,
+            bands=nd.bands,
+            shingle_words=nd.shingle_words,
+            max_entries=nd.max_entries,
+        )
+        filters.append(NearDupFilter(index=index, scope=nd.scope))
+        states.append(index)
+    return FilterChain(filters, states=states)
+
+
+def build_pipeline(settings: CuratorSettings, store: JoinStore) -> Pipeline:
+    return Pipeline(
+        store=store,
+        chain=build_chain(settings.filters, store),
+        filter_config_hash=settings.filters.config_hash(),
+        curator_version=_version(),
+        sft_sample_rate=settings.sft_sample_rate,
+        join_window_ms=int(settings.join_window_s * 1000),
+    )
+
+
+def _version() -> str:
+    try:
+        return version("flywheel-curator")
+    except PackageNotFoundError:
+        return "unknown"
