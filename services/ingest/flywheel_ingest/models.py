@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -292,10 +293,14 @@ def parse_events(body: bytes, *, route: RouteName, max_events: int) -> list[Run 
             raise InvalidBody(
                 [{"loc": ["body"], "msg": errors[0]["msg"], "type": "json_invalid"}], status=400
             ) from None
-        raise InvalidBody(
-            [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors],
-            status=422,
-        ) from None
+        doc = orjson.loads(body)
+        details: list[dict[str, Any]] = []
+        for e in errors:
+            detail = {"loc": ["body", *_json_path(e["loc"], doc)], "msg": e["msg"]}
+            detail["type"] = e["type"]
+            if detail not in details:  # two union branches may fail the same way
+                details.append(detail)
+        raise InvalidBody(details, status=422) from None
     if len(events) > max_events:
         raise PayloadTooLarge(
             f"a batch holds at most {max_events} events, this one {len(events)}",
@@ -303,3 +308,21 @@ def parse_events(body: bytes, *, route: RouteName, max_events: int) -> list[Run 
             type="too_many_events",
         )
     return events
+
+
+def _json_path(loc: tuple[str | int, ...], doc: Any) -> list[str | int]:
+    """``loc`` as a path in the client's JSON: pydantic adds union branch labels
+    (``datetime``, ``run``, ``list[ChatMessage]``) that name no field; drop them."""
+    path: list[str | int] = []
+    node = doc
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and isinstance(part, str):
+            if part in node:
+                node = node[part]
+                path.append(part)
+            elif i == len(loc) - 1:  # an absent field of this object
+                path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+    return path
