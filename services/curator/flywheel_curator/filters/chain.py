@@ -87,6 +87,12 @@ class FilterState:
 
 def _merge(first: Verdict, second: Verdict) -> Verdict:
     """``second`` judged ``first.candidate``: one verdict with both reasons and scores."""
+    if (
+        second.accepted
+        and second.candidate is first.candidate
+        and not (second.scores or second.detail)
+    ):
+        return first  # the common case: a plain pass adds nothing
     detail = "; ".join(d for d in (first.detail, second.detail) if d)
     return Verdict(
         candidate=second.candidate,

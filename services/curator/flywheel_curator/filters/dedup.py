@@ -20,7 +20,7 @@ State contract (the curator core keeps it consistent with the Delta table):
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -51,12 +51,16 @@ DUPLICATE_EVENT = "duplicate_event"
 _MERGE_CHUNK = 65_536
 _HEX_PREFIX = 16  # 8 bytes of the SHA-256, as hex digits
 _PAIR_ID_VERSION = "dpo_pair/v1"
+# Keys cached between check and record: enough for one pipeline buffer.
+_KEY_CACHE = 8192
 
 
 def normalize_text(text: str) -> str:
     """NFC, whitespace runs collapsed to one space, ends stripped; case is kept (it can matter
     in an answer). Two pairs equal under this normalisation are the same pair."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    if not text.isascii():  # ASCII is already NFC; skipping the call saves a third of the time
+        text = unicodedata.normalize("NFC", text)
+    return " ".join(text.split())
 
 
 def pair_id(prompt: Sequence[Mapping[str, str]], chosen: str, rejected: str) -> str:
@@ -172,6 +176,26 @@ def _member(
     return np.asarray(sorted_keys[idx] == keys)
 
 
+class _KeyCache:
+    """The chain checks a candidate, re-checks it and records it: remember its key (a SHA-256
+    over the normalised texts, the costly part) by identity, holding the candidate so its id is
+    not reused while cached."""
+
+    def __init__(self, compute: Callable[[Candidate], int]) -> None:
+        self._compute = compute
+        self._cache: dict[int, tuple[Candidate, int]] = {}
+
+    def __call__(self, candidate: Candidate) -> int:
+        hit = self._cache.get(id(candidate))
+        if hit is not None and hit[0] is candidate:
+            return hit[1]
+        if len(self._cache) >= _KEY_CACHE:
+            self._cache.clear()
+        key = self._compute(candidate)
+        self._cache[id(candidate)] = (candidate, key)
+        return key
+
+
 class ExactDedupFilter:
     """Rejects a candidate whose ``pair_id`` was already accepted (``duplicate``)."""
 
@@ -179,9 +203,10 @@ class ExactDedupFilter:
 
     def __init__(self, *, state: KeyState) -> None:
         self.state = state
+        self.key = _KeyCache(self.pair_key)
 
     @staticmethod
-    def key(candidate: Candidate) -> int:
+    def pair_key(candidate: Candidate) -> int:
         return key_int(pair_id(candidate.prompt, candidate.chosen, candidate.rejected))
 
     def check(self, candidate: Candidate) -> Verdict:
@@ -201,9 +226,10 @@ class EventDedupFilter:
 
     def __init__(self, *, state: KeyState) -> None:
         self.state = state
+        self.key = _KeyCache(self.event_key)
 
     @staticmethod
-    def key(candidate: Candidate) -> int:
+    def event_key(candidate: Candidate) -> int:
         return key_int(
             event_key(
                 candidate.event_id,

@@ -71,7 +71,9 @@ def _word_hashes(text: str) -> npt.NDArray[np.uint32]:
     first[0] = True
     np.not_equal(idx[1:], idx[:-1] + 1, out=first[1:])
     starts = np.flatnonzero(first)
-    pos = np.arange(len(idx)) - np.repeat(starts, np.diff(np.append(starts, len(idx))))
+    # Offset of each byte within its word: its index minus the index of its word's first byte.
+    at = np.arange(len(idx))
+    pos = at - np.maximum.accumulate(np.where(first, at, 0))
     # Bytes past _MAX_WORD_BYTES in one "word" (a base64 blob) share the last weight.
     weights = _POW[np.minimum(pos, _MAX_WORD_BYTES - 1)]
     sums = np.add.reduceat(data[idx].astype(np.uint64) * weights, starts)

@@ -93,15 +93,20 @@ _SECRETS = re.compile(
 )
 # ``api_key = "..."``, ``password: hunter22``, ``aws_secret_access_key=...``: the value is
 # redacted, the name is kept so the text still reads. Values need 8+ non-space characters, so
-# "the password is wrong" is not a secret.
+# "the password is wrong" is not a secret. Anchored on the keyword itself: a leading
+# ``\b[a-z0-9_]*?`` made the engine try every word start (10x slower on prose).
 _ASSIGNED_SECRET = re.compile(
-    r"(?i)\b(?:[a-z0-9_]*?(?:api[_-]?key|secret(?:[_-]?access)?[_-]?key|client[_-]?secret"
-    r"|access[_-]?token|auth[_-]?token|private[_-]?key|passw(?:or)?d|secret))"
+    r"(?i)(?:api[_-]?key|secret[_-]?(?:access[_-]?)?key|client[_-]?secret|access[_-]?token"
+    r"|auth[_-]?token|private[_-]?key|passw(?:or)?d|secret)"
     r"[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',;]{8,})"
 )
-_SECRET_HINT = re.compile(
-    r"(?i)BEGIN|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|xox|sk-|key|secret|token|passw"
-)
+# Substring tests decide whether the secret patterns run at all: ``in`` on a str is a fast C
+# scan, a case-insensitive regex alternation over the whole text is not.
+_TOKEN_HINTS = (
+    "-----BEGIN", "AKIA", "ASIA", "ABIA", "ACCA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+    "github_pat_", "xox", "sk-",
+)  # fmt: skip
+_ASSIGNMENT_HINTS = ("key", "secret", "token", "passw", "pwd")
 _DIGIT = re.compile(r"\d")
 
 
@@ -142,10 +147,10 @@ def _ips(text: str) -> Iterable[tuple[int, int]]:
 
 
 def _secrets(text: str) -> Iterable[tuple[int, int]]:
-    if not _SECRET_HINT.search(text):
-        return
-    yield from (m.span() for m in _SECRETS.finditer(text))
-    yield from (m.span("value") for m in _ASSIGNED_SECRET.finditer(text))
+    if any(h in text for h in _TOKEN_HINTS):
+        yield from (m.span() for m in _SECRETS.finditer(text))
+    if ("=" in text or ":" in text) and any(h in text.lower() for h in _ASSIGNMENT_HINTS):
+        yield from (m.span("value") for m in _ASSIGNED_SECRET.finditer(text))
 
 
 _Detect = Callable[[str], Iterable[tuple[int, int]]]
