@@ -96,6 +96,16 @@ def test_loads_offline_with_a_local_config_folder(
     assert scorer.identity == "detoxify/bert-base-uncased/toxic_tiny.ckpt/toxicity"
 
 
+def test_long_texts_are_truncated_not_fatal(
+    tiny_checkpoint: tuple[Path, Path], no_network: None
+) -> None:
+    # The tiny model embeds 64 positions and its tokenizer declares no maximum: without an
+    # explicit max_length one long text would crash every batch (and, fail closed, the curator).
+    checkpoint, config_dir = tiny_checkpoint
+    scorer = DetoxifyScorer(checkpoint=checkpoint, hf_config_dir=config_dir)
+    assert len(scorer.score_many(["you are an idiot " * 200, "thanks"])) == 2
+
+
 def test_label_max_and_unknown_label(tiny_checkpoint: tuple[Path, Path], no_network: None) -> None:
     checkpoint, config_dir = tiny_checkpoint
     single = DetoxifyScorer(checkpoint=checkpoint, hf_config_dir=config_dir)
