@@ -72,13 +72,14 @@ class CapState:
             self._pending[(window, tenant, user)] += 1
 
     def commit(self) -> None:
+        newest = max((w for w, _, _ in self._pending), default=self._newest)
         self._committed.update(self._pending)
         self._pending.clear()
-        newest = max((w for w, _, _ in self._committed), default=self._newest)
         if newest > self._newest:
             self._newest = newest
             oldest = newest - self.retain_windows + 1
-            # Windows fall out of memory once they are older than the retention.
+            # Windows fall out of memory once they are older than the retention (one scan per
+            # new window, not per commit).
             for key in [k for k in self._committed if k[0] < oldest]:
                 del self._committed[key]
 

@@ -115,6 +115,7 @@ class KeySet:
         if max_entries < 1:
             raise ConfigError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
+        self._merge_chunk = max(1, min(_MERGE_CHUNK, max_entries // 8))
         self._sorted: npt.NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
         # Insertion order of the committed keys, oldest first, for eviction.
         self._order: npt.NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
@@ -141,7 +142,8 @@ class KeySet:
     def commit(self) -> None:
         self._recent.update(self._pending)
         self._pending.clear()
-        if len(self._recent) >= _MERGE_CHUNK or len(self) > self.max_entries:
+        # Eviction waits for the next merge: memory stays within 1.125 x max_entries.
+        if len(self._recent) >= self._merge_chunk:
             self._merge()
 
     def rollback(self) -> None:
