@@ -12,8 +12,6 @@ from tests.curator.conftest import (
     EventProducer,
     ThreadedCurator,
     edit_event,
-    feedback_event,
-    read_table,
     rows_with,
     run_event,
     settings_for,

@@ -43,7 +43,14 @@ from flywheel_curator import metrics
 from flywheel_curator.candidate import KafkaOrigin
 from flywheel_curator.dlq import Notifier
 from flywheel_curator.joins import JoinStore
-from flywheel_curator.pipeline import CuratedRow, Pipeline, build_pipeline
+from flywheel_curator.pipeline import (
+    FILTER_STATE_COLUMNS,
+    CuratedRow,
+    Pipeline,
+    build_chain,
+    build_pipeline,
+    load_filter_state,
+)
 from flywheel_curator.settings import CuratorSettings
 from flywheel_curator.sink import AUX_TABLES, COMMIT_ORDER, DeltaSink, FaultPoint, ZombieError
 from flywheel_curator.sources import validate
@@ -78,7 +85,14 @@ class Curator:
             identity=f"{settings.lake.uri}|{settings.group_id}",
             cache_kib=settings.state_cache_kib,
         )
-        self.pipeline: Pipeline = build_pipeline(settings, self.store)
+        chain = build_chain(settings.filters, self.store)
+        # Near-dup and caps remember in memory: rebuild them from what the table holds.
+        load_filter_state(
+            chain,
+            self.sink.table("dpo_pairs").to_pyarrow_table(columns=list(FILTER_STATE_COLUMNS)),
+            settings.filters,
+        )
+        self.pipeline: Pipeline = build_pipeline(settings, self.store, chain=chain)
         self.consumer: Consumer = make_consumer(
             settings.kafka,
             group_id=settings.group_id,
@@ -89,6 +103,11 @@ class Curator:
                 "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
                 "client.id": f"{settings.kafka.client_id}-curator-{settings.instance_id}",
                 "enable.partition.eof": False,
+                **(
+                    {"group.instance.id": settings.static_member_id}
+                    if settings.static_member_id
+                    else {}
+                ),
             },
         )
         self.notifier = Notifier(

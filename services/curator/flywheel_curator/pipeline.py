@@ -17,14 +17,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from flywheel_common.lake import TableName, content_hash
 from flywheel_common.topics import EventType
 
 from flywheel_curator import metrics
 from flywheel_curator.candidate import Candidate, KafkaOrigin, Verdict
-from flywheel_curator.filters.settings import FilterSettings
+from flywheel_curator.filters import (
+    FilterChain,
+    FilterSettings,
+    FilterState,
+    build_filters,
+    pair_id,
+)
 from flywheel_curator.joins import JoinStore, StoreKeys
 from flywheel_curator.sources import (
     POSITIVE,
@@ -45,7 +53,16 @@ from flywheel_curator.sources import (
 if TYPE_CHECKING:
     from flywheel_curator.settings import CuratorSettings
 
-__all__ = ["CuratedRow", "FilterChain", "Pipeline", "Summary", "build_chain", "build_pipeline"]
+__all__ = [
+    "FILTER_STATE_COLUMNS",
+    "Chain",
+    "CuratedRow",
+    "Pipeline",
+    "Summary",
+    "build_chain",
+    "build_pipeline",
+    "load_filter_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,78 +77,14 @@ _WEIGHTS: Mapping[str, float] = {
 }
 
 
-class FilterChain:
-    """Runs candidates through the filters in order; the first rejection decides.
+class Chain(Protocol):
+    """What the pipeline needs of the filter chain (``flywheel_curator.filters.FilterChain``)."""
 
-    Stateless filters run stage by stage over the whole batch (``check_many`` where a filter
-    has it: the toxicity scorer is much faster in batches). Stateful filters (those with
-    ``record``: dedup, near-dup, caps) run last, one candidate at a time, and remember a
-    candidate only once every filter accepted it, so a later candidate in the same batch sees
-    it. ``states`` are the filters' in-memory states, committed after the Delta commit and
-    rolled back when a batch is dropped.
-    """
+    def run_many(self, candidates: Sequence[Candidate]) -> list[Verdict]: ...
 
-    def __init__(self, filters: Sequence[Any], *, states: Sequence[Any] = ()) -> None:
-        self.filters = list(filters)
-        self.names = tuple(str(getattr(f, "name", type(f).__name__)) for f in self.filters)
-        self._stateless = [f for f in self.filters if not hasattr(f, "record")]
-        self._stateful = [f for f in self.filters if hasattr(f, "record")]
-        self.states = list(states)
+    def commit(self) -> None: ...
 
-    def run(self, candidates: Sequence[Candidate]) -> list[Verdict]:
-        current = list(candidates)
-        scores: list[dict[str, float]] = [{} for _ in candidates]
-        final: list[Verdict | None] = [None] * len(candidates)
-        alive = list(range(len(candidates)))
-        for f in self._stateless:
-            if not alive:
-                break
-            batch = [current[i] for i in alive]
-            many = getattr(f, "check_many", None)
-            verdicts = many(batch) if many is not None else [f.check(c) for c in batch]
-            survivors = []
-            for i, verdict in zip(alive, verdicts, strict=True):
-                scores[i].update(verdict.scores)
-                current[i] = verdict.candidate
-                if verdict.accepted:
-                    survivors.append(i)
-                else:
-                    final[i] = verdict
-            alive = survivors
-        for i in alive:
-            verdict = Verdict.accept(current[i])
-            for f in self._stateful:
-                verdict = f.check(current[i])
-                scores[i].update(verdict.scores)
-                if not verdict.accepted:
-                    final[i] = verdict
-                    break
-            else:
-                for f in self._stateful:
-                    f.record(current[i])
-        out: list[Verdict] = []
-        for i, verdict in enumerate(final):
-            if verdict is None:
-                out.append(Verdict(candidate=current[i], accepted=True, scores=scores[i]))
-            else:
-                out.append(
-                    Verdict(
-                        candidate=verdict.candidate,
-                        accepted=False,
-                        reasons=verdict.reasons,
-                        detail=verdict.detail,
-                        scores=scores[i],
-                    )
-                )
-        return out
-
-    def commit(self) -> None:
-        for state in self.states:
-            state.commit()
-
-    def rollback(self) -> None:
-        for state in self.states:
-            state.rollback()
+    def rollback(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +137,7 @@ class Pipeline:
         self,
         *,
         store: JoinStore,
-        chain: FilterChain,
+        chain: Chain,
         filter_config_hash: str,
         curator_version: str,
         sft_sample_rate: float,
@@ -402,7 +355,7 @@ class Pipeline:
         rows: list[CuratedRow] = list(sft)
         if not proposals:
             return rows
-        verdicts = self.chain.run([p.candidate for p in proposals])
+        verdicts = self.chain.run_many([p.candidate for p in proposals])
         now = self.clock()
         for proposal, verdict in zip(proposals, verdicts, strict=True):
             source = proposal.candidate.source
@@ -448,7 +401,8 @@ class Pipeline:
         c = verdict.candidate
         prompt = [dict(m) for m in c.prompt]
         return {
-            "pair_id": content_hash(prompt, c.chosen, c.rejected),
+            # The filters' pair_id (normalised texts): the exact-dedup key is the column.
+            "pair_id": pair_id(c.prompt, c.chosen, c.rejected),
             "prompt": prompt,
             "chosen": c.chosen,
             "rejected": c.rejected,
@@ -525,65 +479,67 @@ def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_chain(settings: FilterSettings, store: JoinStore) -> FilterChain:
-    """The default filter chain from settings, with dedup memory in the join store."""
-    from flywheel_curator.filters.dedup import EventDedupFilter, ExactDedupFilter
-    from flywheel_curator.filters.length import LengthFilter
-    from flywheel_curator.filters.neardup import NearDupFilter, NearDupIndex
-    from flywheel_curator.filters.pii import PiiFilter
-    from flywheel_curator.filters.similarity import SimilarityFilter
-    from flywheel_curator.filters.toxicity import ProfanityCheckScorer, ToxicityFilter
+    """The filters' chain, with exact and event dedup kept in the join store (durable,
+    committed with it). Near-dup and caps live in memory; ``load_filter_state`` rebuilds them
+    from the table on start."""
+    state = FilterState.in_memory(settings)
+    state.pairs = StoreKeys(store, ns="pair_dedup")
+    state.events = StoreKeys(store, ns="event_dedup")
+    return build_filters(settings, state, user_key=_user_key)
 
-    filters: list[Any] = []
-    states: list[Any] = []
-    if settings.length.enabled:
-        filters.append(
-            LengthFilter(
-                min_chars=settings.length.min_chars,
-                max_chars=settings.length.max_chars,
-                max_prompt_chars=settings.length.max_prompt_chars,
-            )
-        )
-    if settings.similarity.enabled:
-        filters.append(
-            SimilarityFilter(
-                min_ratio=settings.similarity.min_ratio,
-                max_ratio=settings.similarity.max_ratio,
-                sources=settings.similarity.sources,
-            )
-        )
-    if settings.pii.enabled:
-        filters.append(PiiFilter(policy=settings.pii.policy, kinds=settings.pii.kinds))
-    if settings.toxicity.enabled:
-        filters.append(
-            ToxicityFilter(
-                scorer=ProfanityCheckScorer(),
-                max_score=settings.toxicity.max_score,
-                relative_margin=settings.toxicity.relative_margin,
-                batch_size=settings.toxicity.batch_size,
-            )
-        )
-    if settings.event_dedup.enabled:
-        filters.append(EventDedupFilter(state=StoreKeys(store, ns="event_dedup")))
-    if settings.dedup.enabled:
-        filters.append(ExactDedupFilter(state=StoreKeys(store, ns="pair_dedup")))
+
+def _user_key(candidate: Candidate) -> str | None:
+    # The table's user_hash, so caps can be rebuilt from the table's rows.
+    return user_hash(candidate.tenant, candidate.user_id)
+
+
+FILTER_STATE_COLUMNS = (
+    "feature",
+    "chosen",
+    "rejected",
+    "tenant",
+    "user_hash",
+    "event_time",
+    "curated_at",
+)
+
+
+def load_filter_state(chain: FilterChain, dpo_pairs: pa.Table, settings: FilterSettings) -> None:
+    """Feed the in-memory filter state (near-dup index, caps) with the table's rows."""
+    if dpo_pairs.num_rows == 0:
+        return
+    ordered = dpo_pairs.sort_by("curated_at")
     if settings.near_dup.enabled:
-        nd = settings.near_dup
-        index = NearDupIndex(
-            threshold=nd.threshold,
-            num_perm=nd.num_perm,
-            bands=nd.bands,
-            shingle_words=nd.shingle_words,
-            max_entries=nd.max_entries,
+        tail = ordered.slice(max(0, ordered.num_rows - settings.near_dup.max_entries))
+        scope = settings.near_dup.scope
+        chain.state.near_dup.load(
+            (f if scope == "feature" else "", c, r)
+            for f, c, r in zip(
+                tail.column("feature").to_pylist(),
+                tail.column("chosen").to_pylist(),
+                tail.column("rejected").to_pylist(),
+                strict=True,
+            )
         )
-        filters.append(NearDupFilter(index=index, scope=nd.scope))
-        states.append(index)
-    return FilterChain(filters, states=states)
+    if settings.caps.enabled:
+        horizon = datetime.now(tz=UTC) - settings.caps.window * settings.caps.retain_windows
+        recent = ordered.filter(pc.greater_equal(ordered.column("event_time"), horizon))
+        chain.state.caps.load(
+            zip(
+                recent.column("tenant").to_pylist(),
+                recent.column("user_hash").to_pylist(),
+                recent.column("event_time").to_pylist(),
+                strict=True,
+            )
+        )
 
 
-def build_pipeline(settings: CuratorSettings, store: JoinStore) -> Pipeline:
+def build_pipeline(
+    settings: CuratorSettings, store: JoinStore, *, chain: Chain | None = None
+) -> Pipeline:
     return Pipeline(
         store=store,
-        chain=build_chain(settings.filters, store),
+        chain=chain if chain is not None else build_chain(settings.filters, store),
         filter_config_hash=settings.filters.config_hash(),
         curator_version=_version(),
         sft_sample_rate=settings.sft_sample_rate,

@@ -82,6 +82,9 @@ class CuratorSettings(BaseSettings):
 
     group_id: str = DEFAULT_GROUP
     instance_id: str = Field(default_factory=_instance_id)
+    # Static group membership (Kafka ``group.instance.id``): a restarted curator with the same
+    # id takes its partitions back at once instead of waiting out the session timeout.
+    static_member_id: str | None = None
     # Local disk for the join / dedup state; one curator process per directory.
     state_dir: Path = Path("./curator-state")
     join_window_s: float = Field(default=DEFAULT_JOIN_WINDOW_S, gt=0)
