@@ -183,6 +183,14 @@ class DeltaSink:
             done.append(self._write(dt, table, table_rows, versions))
         return done
 
+    def append(self, rows: Mapping[TableName, Sequence[dict[str, Any]]]) -> dict[TableName, int]:
+        """Append rows without offsets (``flywheel curate`` over a file); rows per table."""
+        out: dict[TableName, int] = {}
+        for table in COMMIT_ORDER:
+            if rows.get(table):
+                out[table] = self._write(self.table(table), table, rows[table], {}).rows
+        return out
+
     def _fence(
         self,
         dt: DeltaTable,
