@@ -275,3 +275,28 @@ def test_caps_bad_config() -> None:
         CapSettings(window=timedelta(seconds=-1))
     with pytest.raises(ValidationError):
         CapSettings(max_per_user=0)
+
+
+def test_keyset_matches_a_reference_set_under_random_batches() -> None:
+    import random
+
+    rng = random.Random(3)
+    keys = KeySet(max_entries=10**6)
+    committed: set[int] = set()
+    pending: set[int] = set()
+    for _ in range(300):
+        for _ in range(rng.randint(0, 40)):
+            k = rng.randrange(2000)
+            keys.add(k)
+            pending.add(k)
+        if rng.random() < 0.7:
+            keys.commit()
+            committed |= pending
+        else:
+            keys.rollback()
+        pending.clear()
+        probe = rng.sample(range(2000), 50)
+        assert [k in keys for k in probe] == [k in committed for k in probe]
+    keys.load(f"{k:016x}" + "0" * 48 for k in range(5000, 5100))
+    assert 5050 in keys
+    assert len(keys) == len(committed) + 100
