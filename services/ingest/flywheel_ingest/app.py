@@ -28,7 +28,13 @@ from flywheel_ingest.errors import (
     UnsupportedMediaType,
 )
 from flywheel_ingest.metrics import IngestMetrics
-from flywheel_ingest.models import RECORD_NAMES, RouteName, parse_events, to_record
+from flywheel_ingest.models import (
+    RECORD_NAMES,
+    RouteName,
+    new_event_ids,
+    parse_events,
+    to_record,
+)
 from flywheel_ingest.openapi import EVENT_ROUTES, build_openapi
 from flywheel_ingest.publisher import EventRecord, Publisher, PublishRejected
 from flywheel_ingest.settings import IngestSettings
@@ -108,6 +114,10 @@ def create_app(settings: IngestSettings, *, codec: AvroCodec | None = None) -> S
     openapi = orjson.dumps(build_openapi(settings, version=dist_version("flywheel-ingest")))
     requests_total = metrics.requests
     events_total = {t: metrics.events.labels(t) for t in RECORD_NAMES}
+    # Resolved once: ``labels()`` takes a lock and a dict lookup on every call.
+    accepted_total = {
+        name: requests_total.labels(name, 202) for name, _, _ in EVENT_ROUTES.values()
+    }
 
     def event_route(route: RouteName) -> Endpoint:
         async def endpoint(request: Request) -> Response:
@@ -121,9 +131,14 @@ def create_app(settings: IngestSettings, *, codec: AvroCodec | None = None) -> S
                 limiter.acquire(tenant, len(events))
                 ids: list[str] = []
                 records: list[EventRecord] = []
+                missing = sum(1 for event in events if event.event_id is None)
+                fresh = iter(new_event_ids(missing) if missing else ())
                 for event in events:
                     event_id, record = to_record(
-                        event, tenant=tenant.name, received_at_ms=received_at_ms
+                        event,
+                        tenant=tenant.name,
+                        received_at_ms=received_at_ms,
+                        event_id=None if event.event_id is not None else next(fresh),
                     )
                     ids.append(event_id)
                     records.append(
@@ -157,7 +172,7 @@ def create_app(settings: IngestSettings, *, codec: AvroCodec | None = None) -> S
                 return _internal_error()
             for event in events:
                 events_total[event.type].inc()
-            requests_total.labels(route, 202).inc()
+            accepted_total[route].inc()
             return _json(202, {"event_ids": ids})
 
         return endpoint
