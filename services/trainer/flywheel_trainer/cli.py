@@ -9,6 +9,7 @@ import argparse
 import getpass
 import json
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from flywheel_common.cli import Handler
@@ -82,7 +83,7 @@ def data_restore(parser: argparse.ArgumentParser) -> Handler:
             {
                 "restored_to": args.version,
                 "new_version": committed,
-                "removed_offsets": [r.__dict__ if hasattr(r, "__dict__") else r for r in removed],
+                "removed_offsets": [asdict(r) for r in removed],
                 "note": "the curator's offsets stay past the removed rows; replay is explicit",
             }
         )

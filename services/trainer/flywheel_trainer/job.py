@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,13 @@ from flywheel_trainer.evaluate import (
     tokenize_pairs,
 )
 from flywheel_trainer.launchers.local import RunLock
-from flywheel_trainer.registry import Registry, RunStatus, TrainingRun, default_actor
+from flywheel_trainer.registry import (
+    Registry,
+    RegistryEvent,
+    RunStatus,
+    TrainingRun,
+    default_actor,
+)
 from flywheel_trainer.settings import JobConfig, TrainerSettings
 from flywheel_trainer.spec import JobSpec
 
@@ -319,6 +326,10 @@ def _train(
         processing_class=tokenizer,
         callbacks=[_progress_callback(spec.run_id, artifact_dir / "progress.json"), *callbacks],
     )
+    from transformers import PrinterCallback
+
+    # Without tqdm, transformers prints each log dict; ours logs them structured instead.
+    trainer.remove_callback(PrinterCallback)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -372,19 +383,35 @@ def _train(
         extra={"run_id": spec.run_id, "after": after.as_dict(), "gate": run_metrics["gate"]},
     )
 
-    # The run is complete and its adapter usable before any promotion is recorded.
-    status: RunStatus = "succeeded" if verdict.promote else "rejected"
-    registry.transition(
-        spec.run_id,
-        status,
-        actor=actor,
-        reason=verdict.reason,
-        metrics_json=json.dumps(run_metrics),
-        artifact_uri=str(artifact_dir),
-    )
-    if verdict.promote and spec.gate.auto_promote:
-        registry.promote(spec.run_id, actor=actor, reason=f"gate: {verdict.reason}")
-        status = "promoted"
+    # The result and, when the gate passes, the promotion go in one commit: nobody ever sees
+    # a finished run whose promotion is still missing.
+    promote = verdict.promote and spec.gate.auto_promote
+    status: RunStatus = ("promoted" if promote else "succeeded") if verdict.promote else "rejected"
+    at = datetime.now(UTC)
+    events = [
+        RegistryEvent(
+            kind="run",
+            run_id=spec.run_id,
+            status=status,
+            actor=actor,
+            reason=verdict.reason,
+            metrics_json=json.dumps(run_metrics),
+            artifact_uri=str(artifact_dir),
+            recorded_at=at,
+        )
+    ]
+    if promote:
+        events.append(
+            RegistryEvent(
+                kind="champion",
+                run_id=spec.run_id,
+                champion_action="promote",
+                actor=actor,
+                reason=f"gate: {verdict.reason}",
+                recorded_at=at,
+            )
+        )
+    registry.append(*events)
     return JobOutcome(spec.run_id, status, verdict, run_metrics, adapter_dir)
 
 

@@ -5,7 +5,8 @@ artifact folder. The launcher takes the lock *before* spawning and hands the loc
 to the child, so from the moment the watcher decides to launch until the job exits the lock is
 held by exactly one live process. A restarted trainer that can take the lock therefore knows
 the job is dead (or never started) and will never start; one that cannot knows it is running.
-The job runs in its own session, so it survives (and finishes) when the trainer is killed.
+The job is detached (its own session, not our child), so it survives and finishes when the
+trainer is killed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "job.lock"
 LOG_FILE = "job.log"
+# $0 is the log file, "$@" the job's command line; prints the background job's pid.
+_SPAWN = '"$@" </dev/null >>"$0" 2>&1 & echo $!'
+_SPAWN_TIMEOUT_S = 30.0
 
 
 class RunLock:
@@ -88,7 +92,6 @@ class LocalLauncher:
 
     def __init__(self, settings: TrainerSettings) -> None:
         self._settings = settings
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._dirs: dict[str, Path] = {}
 
     def launch(self, spec: JobSpec) -> JobHandle:
@@ -97,44 +100,35 @@ class LocalLauncher:
         lock = RunLock.try_acquire(folder)
         if lock is None:
             raise LaunchError(spec.run_id, f"{folder / LOCK_FILE} is held: the job already runs")
-        cmd = [
-            sys.executable,
-            "-m",
-            "flywheel_trainer.job",
-            "--spec",
-            str(spec_path),
-            "--lock-fd",
-            str(lock.fd),
-        ]
+        job = [sys.executable, "-m", "flywheel_trainer.job", "--spec", str(spec_path)]
+        job += ["--lock-fd", str(lock.fd)]
         try:
-            with (folder / LOG_FILE).open("ab") as out:
-                proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(lock.fd,),
-                    start_new_session=True,  # survives the trainer; Ctrl-C does not reach it
-                )
-        except OSError as exc:
+            # The shell starts the job in the background and exits at once, so the job is not
+            # our child: it outlives this trainer, is reaped by init, and its liveness is the
+            # lock alone, whether this process launched it or a later one adopted it.
+            spawned = subprocess.run(  # noqa: S603 - fixed shell snippet, our own interpreter
+                ["/bin/sh", "-c", _SPAWN, str(folder / LOG_FILE), *job],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                pass_fds=(lock.fd,),
+                start_new_session=True,  # Ctrl-C on the trainer does not reach the job
+                timeout=_SPAWN_TIMEOUT_S,
+                check=True,
+            )
+            pid = spawned.stdout.strip()
+        except (OSError, subprocess.SubprocessError) as exc:
             lock.release()
             raise LaunchError(spec.run_id, f"cannot start the job process: {exc}") from exc
         lock.detach()
-        self._procs[spec.run_id] = proc
         self._dirs[spec.run_id] = folder
         log.info(
             "job process started",
-            extra={"run_id": spec.run_id, "pid": proc.pid, "log": str(folder / LOG_FILE)},
+            extra={"run_id": spec.run_id, "pid": pid, "log": str(folder / LOG_FILE)},
         )
-        return JobHandle(spec.run_id, self.name, str(proc.pid))
+        return JobHandle(spec.run_id, self.name, pid)
 
     def state(self, handle: JobHandle) -> JobState:
-        proc = self._procs.get(handle.run_id)
-        if proc is not None:
-            if proc.poll() is None:
-                return "running"
-            del self._procs[handle.run_id]  # reaped; from now on the lock answers
-            return "exited"
         folder = self._dirs.get(handle.run_id)
         if folder is None:
             return "unknown"
