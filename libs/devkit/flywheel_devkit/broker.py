@@ -231,10 +231,13 @@ class LocalKafka:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         if not self._formatted and not (self.data_dir / "logs" / "meta.properties").exists():
-            # KRaft wants a url-safe base64 UUID, which is what `random-uuid` prints.
+            # KRaft wants a url-safe base64 UUID (what `random-uuid` prints); it may start with
+            # "-", so it is passed as --cluster-id=... rather than as a separate argument.
             cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(  # noqa: S603
-                self._java_cmd("kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)),
+                self._java_cmd(
+                    "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config)
+                ),
                 capture_output=True,
                 text=True,
                 check=False,
