@@ -18,7 +18,6 @@ from flywheel_common.codec import AvroCodec
 from flywheel_common.kafka import make_producer
 from flywheel_common.lake import DPO_PAIRS, chat_prompt, content_hash, txn_app_id
 from flywheel_common.settings import KafkaSettings, LakeSettings
-
 from flywheel_trainer.settings import GateSettings, JobConfig, LoraSettings, TrainerSettings
 from flywheel_trainer.synthetic import SyntheticPair, generate_pairs, save_base_model
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 from flywheel_common.cli import main as flywheel
-
+from flywheel_common.lake import txn_app_id
 from flywheel_trainer.dataset import is_eval_pair, read_snapshot
 from flywheel_trainer.launchers.kubernetes import KubernetesLauncher
 from flywheel_trainer.registry import Registry
@@ -18,7 +18,6 @@ from flywheel_trainer.synthetic import generate_pairs
 from flywheel_trainer.watcher import Watcher
 
 from .conftest import CURATOR_GROUP, TOPIC, append_pairs, make_settings, tiny_job
-from flywheel_common.lake import txn_app_id
 
 
 @pytest.fixture
@@ -105,7 +104,9 @@ def test_pin_then_restore_change_what_a_job_reads(
     v4 = append_pairs(uri, generate_pairs(45, seed=11), partition=0, first_offset=90)
     assert _launch_once(settings) == v4
     rows = read_snapshot(uri, v4, eval_fraction=0.2)
-    ids = set(rows.train.column("pair_id").to_pylist()) | set(rows.eval.column("pair_id").to_pylist())
+    ids = set(rows.train.column("pair_id").to_pylist()) | set(
+        rows.eval.column("pair_id").to_pylist()
+    )
     assert rows.rows == 105
     poisoned_ids = set(
         read_snapshot(uri, 2, eval_fraction=0.2).train.column("pair_id").to_pylist()

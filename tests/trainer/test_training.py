@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from flywheel_common.cli import main as flywheel
-
 from flywheel_trainer.job import JobOutcome, run_job
 from flywheel_trainer.registry import Registry, code_version
 from flywheel_trainer.settings import GateSettings, TrainerSettings

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from flywheel_common.settings import KafkaSettings
-
 from flywheel_trainer.launchers.local import LocalLauncher
 from flywheel_trainer.registry import Registry
 from flywheel_trainer.synthetic import generate_pairs
@@ -52,8 +51,10 @@ def test_threshold_triggers_one_job_end_to_end(
         )
         assert run.dataset_version == v1 and run.rows == 50
         done = wait_for(
-            lambda: (r := registry.run(run.run_id)).status not in ("pending", "launched", "running")
-            and r,
+            lambda: (
+                (r := registry.run(run.run_id)).status not in ("pending", "launched", "running")
+                and r
+            ),
             timeout=JOB_TIMEOUT_S,
             what="the job to finish",
         )
@@ -73,7 +74,10 @@ def test_threshold_triggers_one_job_end_to_end(
 def _start_trainer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "flywheel_trainer"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "flywheel_trainer"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 

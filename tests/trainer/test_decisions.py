@@ -1,0 +1,205 @@
+"""Pure decisions and shapes, no broker or model: when to launch, when to promote, the
+registry fold, and the Kubernetes Job manifest."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from flywheel_trainer.evaluate import EvalReport, PreferenceMetrics, decide
+from flywheel_trainer.launchers.kubernetes import GPU_RESOURCE, render_job
+from flywheel_trainer.registry import Registry, RegistryEvent, TrainingRun
+from flywheel_trainer.settings import GateSettings, JobConfig, KubernetesSettings, TrainerSettings
+from flywheel_trainer.spec import JobSpec
+from flywheel_trainer.watcher import decide_launch
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+URI = "/lake/dpo_pairs"
+
+
+def _run(
+    run_id: str, version: int, rows: int, status: str = "promoted", **kw: object
+) -> TrainingRun:
+    return TrainingRun(
+        run_id=run_id,
+        status=status,  # type: ignore[arg-type]
+        created_at=kw.pop("created_at", NOW - timedelta(hours=2)),  # type: ignore[arg-type]
+        updated_at=NOW,
+        table_uri=URI,
+        dataset_version=version,
+        rows=rows,
+        config=kw.pop("config", {"eval_fraction": 0.1}),  # type: ignore[arg-type]
+    )
+
+
+def _decide(runs: list[TrainingRun], version: int | None, rows: int, **kw: object):  # type: ignore[no-untyped-def]
+    args = {
+        "table_uri": URI,
+        "target_version": version,
+        "target_rows": rows,
+        "runs": runs,
+        "now": NOW,
+        "threshold": 1000,
+        "min_interval_s": 3600.0,
+        "max_concurrent": 1,
+        "eval_fraction": 0.1,
+    }
+    args.update(kw)
+    return decide_launch(**args)  # type: ignore[arg-type]
+
+
+def test_threshold_counts_pairs_since_the_last_job() -> None:
+    assert not _decide([], None, 0).launch
+    assert not _decide([], 3, 999).launch
+    assert _decide([], 3, 1000).launch
+    last = _run("a", 3, 1000)
+    assert not _decide([last], 7, 1999).launch
+    d = _decide([last], 8, 2000)
+    assert d.launch and d.version == 8 and d.new_pairs == 1000
+
+
+def test_never_twice_on_a_version_and_failed_runs_do_not_count() -> None:
+    failed = _run("f", 8, 2000, status="failed")
+    d = _decide([_run("a", 3, 1000), failed], 8, 2000)
+    assert not d.launch and "already has run f" in d.reason
+    # A newer version: counted from run a (the failed run trained nothing).
+    assert _decide([_run("a", 3, 1000), failed], 9, 2001).launch
+
+
+def test_min_interval_and_concurrency() -> None:
+    recent = _run("a", 3, 1000, created_at=NOW - timedelta(minutes=5))
+    assert "min interval" in _decide([recent], 9, 5000).reason
+    running = _run("b", 9, 5000, status="running")
+    assert "running" in _decide([_run("a", 3, 1000), running], 10, 9000).reason
+    assert _decide([_run("a", 3, 1000), running], 10, 9000, max_concurrent=2).launch
+
+
+def test_lowering_eval_fraction_is_refused() -> None:
+    wide = _run("a", 3, 1000, config={"eval_fraction": 0.2})
+    assert "eval_fraction" in _decide([wide], 9, 5000).reason
+
+
+def _metrics(acc: float) -> PreferenceMetrics:
+    return PreferenceMetrics(100, acc, 0.1, acc, 0.05, -0.05)
+
+
+def test_gate() -> None:
+    gate = GateSettings(min_accuracy_gain=0.02, golden_tolerance=0.01)
+    champ = EvalReport(_metrics(0.80), _metrics(0.90))
+    assert decide(EvalReport(_metrics(0.85), _metrics(0.90)), champ, gate).promote
+    small = decide(EvalReport(_metrics(0.81), _metrics(0.90)), champ, gate)
+    assert not small.promote and "gain +0.0100" in small.reason
+    regress = decide(EvalReport(_metrics(0.95), _metrics(0.85)), champ, gate)
+    assert not regress.promote and "golden" in regress.reason
+    assert decide(EvalReport(_metrics(0.95), _metrics(0.895)), champ, gate).promote
+    # Ties never promote, even with no required gain.
+    assert not decide(
+        EvalReport(_metrics(0.8)), EvalReport(_metrics(0.8)), GateSettings(min_accuracy_gain=0)
+    ).promote
+    empty = EvalReport(PreferenceMetrics(0, 0, 0, 0, 0, 0))
+    assert not decide(empty, champ, gate).promote
+
+
+def test_registry_fold_and_champion_stack(tmp_path: Path) -> None:
+    reg = Registry(str(tmp_path / "training_runs"))
+    t = NOW
+    reg.append(
+        RegistryEvent(
+            kind="run",
+            run_id="r1",
+            status="pending",
+            actor="w",
+            dataset_version=1,
+            rows=10,
+            recorded_at=t,
+        ),
+        RegistryEvent(
+            kind="run",
+            run_id="r1",
+            status="running",
+            actor="j",
+            train_rows=9,
+            recorded_at=t + timedelta(seconds=1),
+        ),
+        RegistryEvent(
+            kind="run",
+            run_id="r1",
+            status="succeeded",
+            actor="j",
+            reason="ok",
+            artifact_uri="/a/r1",
+            metrics_json=json.dumps({"x": 1}),
+            recorded_at=t + timedelta(seconds=2),
+        ),
+        RegistryEvent(
+            kind="run",
+            run_id="r2",
+            status="rejected",
+            actor="j",
+            reason="no gain",
+            artifact_uri="/a/r2",
+            recorded_at=t + timedelta(seconds=3),
+        ),
+    )
+    r1 = reg.run("r1")
+    assert (r1.status, r1.dataset_version, r1.rows, r1.train_rows, r1.reason) == (
+        "succeeded",
+        1,
+        10,
+        9,
+        "ok",
+    )
+    assert r1.metrics == {"x": 1} and r1.created_at == t
+    reg.promote("r1", actor="me")
+    reg.promote("r2", actor="me", reason="override")
+    assert reg.champion_stack() == ["r1", "r2"]
+    with pytest.raises(Exception, match="already the champion"):
+        reg.promote("r2", actor="me")
+    assert reg.rollback(actor="me").run_id == "r1"  # type: ignore[union-attr]
+    assert reg.run("r2").status == "rolled_back"
+    assert reg.champion().run_id == "r1"  # type: ignore[union-attr]
+    reg.pin(5, actor="me")
+    reg.pin(None, actor="me")
+    assert reg.pinned_version() is None
+
+
+def test_kubernetes_job_manifest_shape(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    settings = TrainerSettings(
+        lake={"uri": str(lake)},  # type: ignore[arg-type]
+        launcher="kubernetes",
+        kubernetes=KubernetesSettings(
+            gpus=2,
+            env_secret="flywheel-secrets",  # noqa: S106 - a Secret name node_selector={"gpu": "h100"}
+        ),
+    )
+    spec = JobSpec(
+        run_id="20260101-000000-abcdef12",
+        table_uri=str(lake / "dpo_pairs"),
+        dataset_version=42,
+        registry_uri=str(lake / "training_runs"),
+        artifact_dir=str(tmp_path / "runs" / "x"),
+        job=JobConfig(),
+        gate=GateSettings(),
+        code_version="0.1.0",
+    )
+    m = render_job(spec, settings)
+    assert m["apiVersion"] == "batch/v1" and m["kind"] == "Job"
+    assert m["metadata"]["name"] == "flywheel-train-20260101-000000-abcdef12"
+    assert m["spec"]["backoffLimit"] == 0  # a retried pod would train the version twice
+    pod = m["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["nodeSelector"] == {"gpu": "h100"}
+    (c,) = pod["containers"]
+    assert c["resources"]["limits"][GPU_RESOURCE] == "2"
+    assert {v["mountPath"] for v in c["volumeMounts"]} == {"/lake", "/artifacts"}
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    assert claims == {"lake": "flywheel-lake", "artifacts": "flywheel-artifacts"}
+    assert c["envFrom"] == [{"secretRef": {"name": "flywheel-secrets"}}]
+    assert c["command"] == ["python", "-m", "flywheel_trainer.job"]
+    inner = JobSpec.model_validate_json(c["args"][c["args"].index("--spec-json") + 1])
+    # The pod sees the pinned version at the mounted paths.
+    assert inner.dataset_version == 42
+    assert inner.table_uri == "/lake/dpo_pairs" and inner.registry_uri == "/lake/training_runs"
+    assert inner.artifact_dir == "/artifacts/20260101-000000-abcdef12"
