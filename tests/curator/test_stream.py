@@ -70,7 +70,7 @@ def test_each_source_accepts_and_rejects(
             "thumbs",
             1.0,
             prompt=prompt,
-            response="Logs flow in order / each partition keeps its line / keys find their own home",
+            response="Logs flow in order / each partition keeps its line / keys find their home",
             feature="poems",
         ),
     )

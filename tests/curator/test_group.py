@@ -1,0 +1,94 @@
+"""Two curators in one group: a rebalance, and a zombie paused with SIGSTOP past its session
+timeout that wakes up after the other took its partitions. Nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from flywheel_common.settings import KafkaSettings
+
+from tests.curator.conftest import (
+    EventProducer,
+    coords,
+    edit_event,
+    read_table,
+    settings_for,
+    spawn,
+    wait_until,
+)
+
+EDITS = 1_500
+ENV = {"FLYWHEEL_CURATOR_FILTERS__TOXICITY__ENABLED": "false"}
+
+
+def _assignments(log: Path) -> int:
+    return log.read_text().count('"msg": "assigned"') if log.exists() else 0
+
+
+@pytest.mark.slow
+def test_rebalance_and_sigstop_zombie(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    a_settings = settings_for(kafka_settings, lake, tmp_path / "a", group=group)
+    b_settings = settings_for(kafka_settings, lake, tmp_path / "b", group=group)
+    p = EventProducer(kafka_settings)
+    done = threading.Event()
+
+    def feed() -> None:
+        for i in range(EDITS):
+            p.send("edit", edit_event(str(uuid.uuid4()), final=f"Revenue went up, see note {i}."))
+            if i % 20 == 0:  # about 30 s of traffic: it flows through the takeover
+                p.producer.flush(10)
+                time.sleep(0.4)
+        p.flush()
+        done.set()
+
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    a = spawn(a_settings, a_log, **ENV)
+    wait_until(lambda: _assignments(a_log) >= 1, what="a assigned")
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    b = spawn(b_settings, b_log, **ENV)
+    try:
+        # The rebalance: b joins, both get a share.
+        wait_until(lambda: _assignments(b_log) >= 1 and _assignments(a_log) >= 2, what="rebalance")
+        wait_until(lambda: len(read_table(lake, "dpo_pairs")) > 50, what="progress")
+        a.send_signal(signal.SIGSTOP)
+        seen_b = _assignments(b_log)
+        # b takes everything once a's session (6 s) expires, and commits a's partitions.
+        wait_until(lambda: _assignments(b_log) > seen_b, timeout=60, what="b takes over")
+        assert not done.is_set(), "traffic should still flow during the takeover"
+
+        def written() -> int:
+            return len(read_table(lake, "rejected_candidates")) + len(read_table(lake, "dpo_pairs"))
+
+        at_takeover = written()
+        wait_until(lambda: written() > at_takeover + 20, what="b commits after the takeover")
+        a.send_signal(signal.SIGCONT)  # the zombie wakes with a buffer and stale offsets
+        wait_until(done.is_set, timeout=120, what="producer")
+        edits = {c for c in p.delivered if c[0] == kafka_settings.topics.edits}
+
+        def all_in() -> bool:
+            found = coords(read_table(lake, "dpo_pairs")) + coords(
+                read_table(lake, "rejected_candidates")
+            )
+            return len(set(found)) >= len(edits)
+
+        wait_until(all_in, timeout=120, interval=0.5, what="every edit in the lake")
+    finally:
+        for proc in (a, b):
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+        for proc in (a, b):
+            proc.wait(60)
+    found = coords(read_table(lake, "dpo_pairs")) + coords(read_table(lake, "rejected_candidates"))
+    counts = Counter(found)
+    duplicated = {c: n for c, n in counts.items() if n > 1}
+    assert not duplicated, f"{len(duplicated)} rows written twice"
+    assert set(counts) == edits
