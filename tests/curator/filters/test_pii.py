@@ -108,3 +108,11 @@ def test_bad_config() -> None:
         PiiDetector(kinds=["email", "dna"])  # type: ignore[list-item]
     with pytest.raises(ConfigError, match="policy"):
         PiiFilter(policy="mask")  # type: ignore[arg-type]
+
+
+def test_findings_deep_in_long_text_keep_their_offsets() -> None:
+    prose = "Nothing to see in this sentence, version 2.0 aside. " * 20
+    text = f"{prose}Card 4111-1111-1111-1111, {prose}call +1 415 555 2671 or {prose}AB123456C."
+    redacted, findings = PiiDetector().redact(text)
+    assert [f.kind for f in findings] == ["card", "phone", "national_id"]
+    assert redacted == f"{prose}Card [CARD], {prose}call [PHONE] or {prose}[NATIONAL_ID]."
