@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from flywheel_common.cli import main as flywheel
 from flywheel_trainer.job import JobOutcome, run_job
 from flywheel_trainer.registry import Registry, code_version
@@ -126,3 +127,16 @@ def test_a_finished_run_is_not_trained_again(trained: dict[str, Any]) -> None:
     assert again is None
     runs = Registry(settings.registry_uri()).runs()
     assert [r.run_id for r in runs.values()].count("run-first") == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_job_trains_in_bf16_on_a_gpu(tmp_path: Path, base_model: Path) -> None:
+    settings = make_settings(tmp_path / "lake", tiny_job(base_model, precision="bf16"))
+    v0 = append_pairs(settings.pairs_uri(), generate_pairs(320, seed=1))
+    outcome = run_job(_spec(settings, "run-gpu", v0), settings)
+    assert outcome is not None
+    train = outcome.metrics["train"]
+    assert (train["device"], train["dtype"]) == ("cuda", "bfloat16")
+    assert train["peak_gpu_memory_bytes"] > 0
+    assert outcome.metrics["after"]["held_out"]["accuracy"] >= 0.8

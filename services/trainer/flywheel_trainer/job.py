@@ -335,11 +335,17 @@ def _train(
     started = time.perf_counter()
     result = trainer.train()
     train_s = time.perf_counter() - started
-    train_tokens = sum(
+    steps = int(result.global_step)
+    lengths = [
         len(p.chosen) + len(p.rejected)
         for p in tokenize_pairs(tokenizer, train_records, max_length=cfg.max_length)
-    ) * (cfg.epochs if cfg.max_steps < 0 else 1)
-    steps = int(result.global_step)
+    ]
+    # Pairs seen: a full batch per step, but never more than the epochs hold.
+    seen = min(
+        steps * cfg.batch_size * cfg.gradient_accumulation_steps,
+        math.ceil(len(lengths) * cfg.epochs) if cfg.max_steps < 0 else steps * cfg.batch_size,
+    )
+    train_tokens = round(sum(lengths) / max(len(lengths), 1) * seen)
     after = scorer.report()
 
     verdict = (

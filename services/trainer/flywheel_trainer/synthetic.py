@@ -135,12 +135,18 @@ def random_init_model(
 
 
 def save_base_model(
-    directory: Path, *, architecture: Architecture = "llama", seed: int = 0, **sizes: Any
+    directory: Path,
+    *,
+    architecture: Architecture = "llama",
+    seed: int = 0,
+    vocab_size: int | None = None,
+    **sizes: Any,
 ) -> Path:
-    """Write a random-init model and the synthetic tokenizer as a local base-model folder."""
+    """Write a random-init model and the synthetic tokenizer as a local base-model folder.
+    ``vocab_size`` may exceed the tokenizer's, to give the model a real model's embedding size."""
     tok = build_tokenizer()
     model = random_init_model(
-        vocab_size=len(tok),
+        vocab_size=max(vocab_size or 0, len(tok)),
         architecture=architecture,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
