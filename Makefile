@@ -58,7 +58,7 @@ test-light: setup ## tests that need no torch (common, ingest, curator)
 	$(PY) -m pytest tests --ignore=tests/trainer $(PYTEST_ARGS)
 
 test-trainer: setup setup-trainer ## trainer tests (tiny models on CPU, real broker and tables)
-	$(TPY) -m pytest tests/trainer $(PYTEST_ARGS)
+	$(TPY) -m pytest tests/trainer tests/curator/filters/test_detoxify_loader.py $(PYTEST_ARGS)
 
 test: lint test-light test-trainer ## the whole suite, as CI runs it
 
