@@ -172,7 +172,8 @@ def test_kubernetes_job_manifest_shape(tmp_path: Path) -> None:
         launcher="kubernetes",
         kubernetes=KubernetesSettings(
             gpus=2,
-            env_secret="flywheel-secrets",  # noqa: S106 - a Secret name node_selector={"gpu": "h100"}
+            env_secret="flywheel-secrets",  # noqa: S106 - a Secret's name
+            node_selector={"gpu": "h100"},
         ),
     )
     spec = JobSpec(

@@ -24,10 +24,11 @@ __all__ = [
 ]
 
 # A minimal chat template: the rendered prompt with the generation prompt is always a prefix of
-# the rendered prompt + answer, which is what TRL needs to find where a completion starts.
+# the rendered prompt + answer (no space after a role marker that BPE could merge into the
+# answer's first token), which is what TRL needs to find where a completion starts.
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|eos|> {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eos|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 SPECIAL_TOKENS = ("<|pad|>", "<|unk|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>")
 
@@ -73,14 +74,27 @@ def _vocabulary() -> list[str]:
     return [*SPECIAL_TOKENS, *words]
 
 
-def build_tokenizer() -> Any:
-    """A word-level ``PreTrainedTokenizerFast`` with a chat template, built without a download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def build_tokenizer(*, vocab_size: int = 3_000, seed: int = 0) -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on the synthetic corpus, with a chat
+    template. Byte-level BPE because transformers rebuilds some architectures' tokenizers
+    (Qwen2) from vocab + merges with a byte-level pipeline; a word-level one would lose every
+    word there."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(_vocabulary())}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))  # noqa: S106
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [" ".join(_vocabulary()[len(SPECIAL_TOKENS) :])] + [
+        f"{p.prompt} {p.chosen} {p.rejected}" for p in generate_pairs(2_000, seed=seed)
+    ]
+    core.train_from_iterator(corpus, trainer)
     tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=core,
         pad_token="<|pad|>",  # noqa: S106 - a token, not a password
