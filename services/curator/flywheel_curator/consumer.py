@@ -52,7 +52,7 @@ from flywheel_curator.pipeline import (
     load_filter_state,
 )
 from flywheel_curator.settings import CuratorSettings
-from flywheel_curator.sink import AUX_TABLES, COMMIT_ORDER, DeltaSink, FaultPoint, ZombieError
+from flywheel_curator.sink import COMMIT_ORDER, DeltaSink, FaultPoint, ZombieError
 from flywheel_curator.sources import validate
 
 __all__ = ["Curator"]
@@ -318,33 +318,58 @@ class Curator:
     # -- commit -------------------------------------------------------------------------------
 
     def _collect(self, rows: Sequence[CuratedRow]) -> None:
-        dpo = self.known["dpo_pairs"]
+        """Keep the rows the tables do not hold yet.
+
+        ``sft_examples`` follows its own offsets (sampling is deterministic). The two pair
+        tables share one decision per candidate, and a replayed candidate may be judged
+        differently (near-dup and caps depend on order across partitions), so they are judged
+        together: ``rejected_candidates`` commits before ``dpo_pairs``, and where a crash left
+        it ahead, a candidate in between is looked up by ``candidate_id`` before it is written.
+        """
+        ambiguous: list[CuratedRow] = []
         for row in rows:
-            table_known = self.known[row.table]
-            if self._is_new(row, table_known, dpo if row.table in AUX_TABLES else None):
+            if row.table == "sft_examples":
+                state = self._status(row, self.known["sft_examples"], self.known["dpo_pairs"])
+            else:
+                state = self._status(
+                    row, self.known["dpo_pairs"], self.known["rejected_candidates"]
+                )
+            if state == "new":
                 self._rows[row.table].append(row.row)
+            elif state == "ambiguous":
+                ambiguous.append(row)
             else:
                 metrics.REPLAYED_ROWS_SKIPPED.labels(table=row.table).inc()
+        if ambiguous:
+            written = self.sink.existing_candidates(
+                [r.candidate_key for r in ambiguous if r.candidate_key is not None]
+            )
+            for row in ambiguous:
+                if row.candidate_key in written:
+                    metrics.REPLAYED_ROWS_SKIPPED.labels(table=row.table).inc()
+                else:
+                    self._rows[row.table].append(row.row)
 
-    def _is_new(
+    def _status(
         self,
         row: CuratedRow,
-        known: dict[TP, int | None],
-        dpo: dict[TP, int | None] | None,
-    ) -> bool:
-        """A row is new unless every ingredient we own is below the table's offsets. For
-        the tables committed before ``dpo_pairs``, ``dpo_pairs``' offsets count too: whatever
-        it covers was written to them first."""
+        low: dict[TP, int | None],
+        other: dict[TP, int | None],
+    ) -> str:
+        """``new`` if an owned ingredient is past both offsets, ``old`` if all are below
+        ``low``; in between, ``ambiguous``."""
+        verdict = "old"
         for origin in row.ingredients:
             tp = (origin.topic, origin.partition)
             if tp not in self.assigned:
                 continue
-            covered = known.get(tp) or 0
-            if dpo is not None:
-                covered = max(covered, dpo.get(tp) or 0)
-            if origin.offset >= covered:
-                return True
-        return False
+            lo = low.get(tp) or 0
+            hi = max(lo, other.get(tp) or 0)
+            if origin.offset >= hi:
+                return "new"
+            if origin.offset >= lo:
+                verdict = "ambiguous"
+        return verdict
 
     def flush(self) -> None:
         """Commit the micro-batch: Delta (fenced), then state, then Kafka offsets."""

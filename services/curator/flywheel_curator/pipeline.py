@@ -61,6 +61,7 @@ __all__ = [
     "Summary",
     "build_chain",
     "build_pipeline",
+    "candidate_key",
     "load_filter_state",
 ]
 
@@ -94,6 +95,9 @@ class CuratedRow:
     table: TableName
     row: dict[str, Any]
     ingredients: tuple[KafkaOrigin, ...]
+    # Names the candidate whatever its verdict (``candidate_id`` of a rejected row), so a
+    # replay can tell whether a decision was already written.
+    candidate_key: str | None = None
 
 
 @dataclass
@@ -363,7 +367,12 @@ class Pipeline:
                 self.summary.accepted[source] += 1
                 metrics.ACCEPTED.labels(source=source).inc()
                 rows.append(
-                    CuratedRow("dpo_pairs", self._pair_row(verdict, now), proposal.ingredients)
+                    CuratedRow(
+                        "dpo_pairs",
+                        self._pair_row(verdict, now),
+                        proposal.ingredients,
+                        candidate_key(proposal.candidate),
+                    )
                 )
             else:
                 for reason in verdict.reasons or ("rejected",):
@@ -374,6 +383,7 @@ class Pipeline:
                         "rejected_candidates",
                         self._rejected_row(proposal.candidate, verdict, now),
                         proposal.ingredients,
+                        candidate_key(proposal.candidate),
                     )
                 )
         return rows
@@ -430,9 +440,7 @@ class Pipeline:
         c = verdict.candidate
         prompt = [dict(m) for m in c.prompt]
         return {
-            "candidate_id": content_hash(
-                original.source, original.event_id, original.run_id, c.chosen, c.rejected
-            ),
+            "candidate_id": candidate_key(original),
             "source": c.source,
             "reasons": list(verdict.reasons or ("rejected",)),
             "detail": verdict.detail or None,
@@ -449,6 +457,21 @@ class Pipeline:
             **self._lineage(c.event_time, now),
             **_kafka(c.origin),
         }
+
+
+def candidate_key(c: Candidate) -> str:
+    """A candidate's identity, independent of any filter's verdict or rewrite."""
+    o = c.origin
+    return content_hash(
+        c.source,
+        c.event_id,
+        c.run_id,
+        c.chosen_run_id,
+        c.rejected_run_id,
+        o.topic,
+        o.partition,
+        o.offset,
+    )
 
 
 def _kafka(origin: KafkaOrigin) -> dict[str, Any]:

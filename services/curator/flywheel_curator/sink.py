@@ -183,6 +183,18 @@ class DeltaSink:
             done.append(self._write(dt, table, table_rows, versions))
         return done
 
+    def existing_candidates(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` already have a row in ``rejected_candidates`` (a full scan of one
+        column: only needed for the one batch a crash left half-committed)."""
+        if not keys:
+            return set()
+        # Filtered in memory, not pushed down: the dataset prunes files by their statistics,
+        # and the two-phase files carry statistics for the Kafka columns only.
+        ids = self.table("rejected_candidates").to_pyarrow_table(columns=["candidate_id"])
+        column = ids.column("candidate_id")
+        found = column.filter(pc.is_in(column, value_set=pa.array(list(keys), pa.string())))
+        return set(found.to_pylist())
+
     def append(self, rows: Mapping[TableName, Sequence[dict[str, Any]]]) -> dict[TableName, int]:
         """Append rows without offsets (``flywheel curate`` over a file); rows per table."""
         out: dict[TableName, int] = {}
@@ -287,11 +299,7 @@ def _local_path(uri: str) -> Path:
 
 
 def _stats(data: pa.Table) -> str:
-    """Delta file statistics: row count and the Kafka coordinates' bounds (audit queries)."""
-    stats: dict[str, Any] = {"numRecords": data.num_rows, "minValues": {}, "maxValues": {}}
-    for column in ("kafka_partition", "kafka_offset"):
-        bounds = pc.min_max(data.column(column))
-        stats["minValues"][column] = bounds["min"].as_py()
-        stats["maxValues"][column] = bounds["max"].as_py()
-    stats["nullCount"] = {"kafka_partition": 0, "kafka_offset": 0}
-    return json.dumps(stats)
+    """Delta file statistics: the row count only. Partial min/max statistics are worse than
+    none: delta-rs's dataset then prunes files on the columns without them (measured with
+    deltalake 1.6.6: a filter on such a column returned no rows)."""
+    return json.dumps({"numRecords": data.num_rows})
