@@ -98,3 +98,25 @@ def test_topics_cli_creates_and_lists(kafka_bootstrap: str) -> None:
     assert wrong.returncode == 2 and "co-partitioning" in wrong.stderr
     listed = subprocess.run([*base, "list", *args], capture_output=True, text=True, check=True)
     assert f"{prefix}.flywheel.runs.v1\t3" in listed.stdout
+
+
+def test_topics_cli_names_an_unreachable_broker() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flywheel_common.cli",
+            "topics",
+            "list",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--wait",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "no Kafka broker answered at 127.0.0.1:1" in out.stderr
+    assert "Traceback" not in out.stderr

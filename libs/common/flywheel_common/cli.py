@@ -11,9 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from flywheel_common.errors import FlywheelError
+from flywheel_common.lifecycle import exit_process
 
 __all__ = ["Command", "Handler", "build_parser", "main"]
 
@@ -82,5 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entrypoint() -> NoReturn:
+    """Console-script entry: see flywheel_common.lifecycle for why the exit is explicit."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()

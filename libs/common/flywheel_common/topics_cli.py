@@ -15,6 +15,7 @@ __all__ = ["create_command", "list_command"]
 def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
     parser.add_argument("--prefix", default=None, help="namespace the topic names, e.g. staging")
+    parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the broker")
 
 
 def _settings(args: argparse.Namespace) -> KafkaSettings:
@@ -32,7 +33,6 @@ def create_command(parser: argparse.ArgumentParser) -> Handler:
     _add_cluster_args(parser)
     parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
     parser.add_argument("--replication-factor", type=int, default=1)
-    parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the broker")
 
     def run(args: argparse.Namespace) -> int:
         settings = _settings(args)
@@ -52,6 +52,7 @@ def list_command(parser: argparse.ArgumentParser) -> Handler:
 
     def run(args: argparse.Namespace) -> int:
         settings = _settings(args)
+        wait_for_broker(settings, timeout_s=args.wait)
         md = make_admin(settings).list_topics(timeout=10).topics
         for name in settings.topics.all():
             count = len(md[name].partitions) if name in md else 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import NoReturn
 
 from flywheel_common.errors import FlywheelError
+from flywheel_common.lifecycle import exit_process
 from flywheel_common.logs import configure_logging
 from prometheus_client import start_http_server
 
@@ -31,5 +33,10 @@ def main() -> int:
     return 0
 
 
+def entrypoint() -> NoReturn:
+    """Console-script entry: see flywheel_common.lifecycle for why the exit is explicit."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()

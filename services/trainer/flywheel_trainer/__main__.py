@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from types import FrameType
+from typing import NoReturn
 
 from flywheel_common.errors import FlywheelError
+from flywheel_common.lifecycle import exit_process
 from flywheel_common.logs import configure_logging
 
 from flywheel_trainer.launchers import make_launcher
@@ -40,5 +41,10 @@ def main() -> int:
     return 0
 
 
+def entrypoint() -> NoReturn:
+    """Console-script entry: see flywheel_common.lifecycle for why the exit is explicit."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 from flywheel_common.errors import ConfigError, FlywheelError
+from flywheel_common.lifecycle import exit_process
 from flywheel_common.logs import configure_logging
 
 from flywheel_trainer.dataset import PreferenceRecord, load_golden, read_snapshot, to_trl
@@ -484,4 +484,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Explicit exit: the launcher reads this code, and Arrow/torch teardown must not change it.
+    exit_process(main())
