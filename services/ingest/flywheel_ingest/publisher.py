@@ -2,9 +2,12 @@
 
 One idempotent ``acks=all`` producer per process. ``publish()`` encodes a request's events
 (Avro single-object encoding), hands them to librdkafka keyed by ``run_id`` and awaits one
-future that resolves when the broker has acknowledged the last of them. Delivery callbacks run
-on a poll thread; it collects the requests they complete and wakes the event loop once per
-poll with ``call_soon_threadsafe``, not once per event.
+future that resolves when the broker has acknowledged the last of them. The event loop itself
+polls the producer (every millisecond while events are in flight, every 100 ms otherwise), so
+delivery callbacks run on the loop thread and resolve futures directly. A separate poll thread
+would have to take the GIL back from the loop for every single delivery callback, and each
+handoff can wait a full switch interval (5 ms) while the loop is busy: that convoy, not CPU,
+was what bounded throughput and made the latency tail.
 
 Failure is answered quickly with ``PublishRejected`` (the app turns it into 503 +
 ``Retry-After``):
@@ -41,8 +44,11 @@ log = logging.getLogger(__name__)
 
 UnavailableReason = Literal["broker_down", "queue_full", "ack_timeout", "delivery_failed", "closed"]
 
-_POLL_TIMEOUT_S = 0.1
-"""Longest the poll thread blocks; bounds how late it notices a stop request."""
+_POLL_INTERVAL_S = 0.001
+"""Poll period while events are in flight: at most this much is added to an ack's latency
+(linger.ms plus a broker round trip), for a poll(0) that costs a few microseconds."""
+_IDLE_POLL_INTERVAL_S = 0.1
+"""Poll period with nothing in flight: serves librdkafka's error callbacks and logs."""
 _PROBE_TIMEOUT_S = 1.0
 """A metadata probe slower than this counts as a failure."""
 _CLOSE_FLUSH_TIMEOUT_S = 10.0
@@ -67,7 +73,7 @@ class EventRecord(NamedTuple):
 
 
 class _Pending:
-    """The events of one request in flight; completed on the poll thread."""
+    """The events of one request in flight; completed by the last delivery callback."""
 
     __slots__ = ("error", "future", "publisher", "remaining")
 
@@ -78,22 +84,20 @@ class _Pending:
         self.error: KafkaError | None = None
 
     def on_delivery(self, err: KafkaError | None, _msg: object) -> None:
-        # Runs on the poll thread only (callbacks are served by poll()), so no lock is needed.
+        # Served by poll(), which only the event loop thread calls: no lock, and the future
+        # may be resolved right here.
         if err is not None and self.error is None:
             self.error = err
         self.remaining -= 1
         if self.remaining == 0:
-            self.publisher._completed.append(self)
-
-
-def _resolve(done: list[_Pending]) -> None:
-    for pending in done:
-        if pending.future.done():  # timed out or cancelled (client went away) already
-            continue
-        if pending.error is None:
-            pending.future.set_result(None)
-        else:
-            pending.future.set_exception(PublishRejected("delivery_failed", pending.error.str()))
+            if self.error is None:
+                self.publisher._acked = True
+            if self.future.done():  # timed out, or cancelled (the client went away)
+                return
+            if self.error is None:
+                self.future.set_result(None)
+            else:
+                self.future.set_exception(PublishRejected("delivery_failed", self.error.str()))
 
 
 def _expire(future: asyncio.Future[None], timeout_s: float) -> None:
@@ -131,12 +135,14 @@ class Publisher:
         )
         self._producer: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._completed: list[_Pending] = []
+        self._poll_timer: asyncio.TimerHandle | None = None
+        self._polling_fast = False
+        self._acked = False  # a request was acknowledged since the last poll
         self._reachable = False
         self._closed = False
         self._stop = threading.Event()
         self._probe_now = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._probe_thread: threading.Thread | None = None
 
     @property
     def reachable(self) -> bool:
@@ -144,30 +150,36 @@ class Publisher:
         return self._reachable and not self._closed
 
     async def start(self) -> None:
-        """Create the producer, probe the broker once, start the poll and probe threads."""
+        """Create the producer, probe the broker once, start polling and the probe thread."""
         self._loop = asyncio.get_running_loop()
         self._producer = Producer(self._config)
         await asyncio.to_thread(self._probe)
-        self._threads = [
-            threading.Thread(target=self._poll_forever, name="ingest-kafka-poll", daemon=True),
-            threading.Thread(target=self._probe_forever, name="ingest-kafka-probe", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._probe_thread = threading.Thread(
+            target=self._probe_forever, name="ingest-kafka-probe", daemon=True
+        )
+        self._probe_thread.start()
+        self._poll_timer = self._loop.call_later(_IDLE_POLL_INTERVAL_S, self._poll)
 
     async def close(self) -> None:
         """Refuse new events, wait (bounded) for queued ones to be acked, stop the threads."""
         self._closed = True
         self._stop.set()
         self._probe_now.set()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join)
-        if self._producer is not None:
-            left = await asyncio.to_thread(self._producer.flush, _CLOSE_FLUSH_TIMEOUT_S)
-            if left:
-                log.warning("events unacknowledged at shutdown", extra={"events": left})
-            done, self._completed = self._completed, []
-            _resolve(done)
+        if self._probe_thread is not None:
+            await asyncio.to_thread(self._probe_thread.join)
+        producer = self._producer
+        if producer is not None:
+            # Polled here rather than flush()ed in a thread, so that delivery callbacks stay
+            # on the loop thread; the poll timer keeps running meanwhile.
+            deadline = time.monotonic() + _CLOSE_FLUSH_TIMEOUT_S
+            while len(producer) and time.monotonic() < deadline:
+                producer.poll(0)
+                await asyncio.sleep(_POLL_INTERVAL_S)
+            if len(producer):
+                log.warning("events unacknowledged at shutdown", extra={"events": len(producer)})
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+            self._poll_timer = None
 
     async def publish(self, events: Sequence[EventRecord]) -> None:
         """Produce ``events`` and return once the broker acknowledged all of them.
@@ -191,9 +203,8 @@ class Publisher:
             (e.topic, encode(e.record_name, e.record), e.record["run_id"].encode()) for e in events
         ]
         future: asyncio.Future[None] = loop.create_future()
-        pending = _Pending(self, future, count)
         produce = producer.produce
-        callback = pending.on_delivery
+        callback = _Pending(self, future, count).on_delivery
         try:
             for topic, value, key in messages:
                 produce(topic, value, key, on_delivery=callback)
@@ -203,6 +214,8 @@ class Publisher:
             raise PublishRejected("queue_full", "the producer queue is full") from exc
         except KafkaException as exc:
             raise PublishRejected("delivery_failed", str(exc)) from exc
+        if not self._polling_fast:
+            self._schedule_poll(loop, fast=True)
         started = time.perf_counter()
         timer = loop.call_later(self._ack_timeout_s, _expire, future, self._ack_timeout_s)
         try:
@@ -211,24 +224,28 @@ class Publisher:
             timer.cancel()
             self._metrics.ack_seconds.observe(time.perf_counter() - started)
 
-    # -- poll thread --------------------------------------------------------------------
+    # -- polling (event loop thread) ------------------------------------------------------
 
-    def _poll_forever(self) -> None:
-        assert self._producer is not None and self._loop is not None  # noqa: S101 - set in start
-        poll, loop = self._producer.poll, self._loop
-        while not self._stop.is_set():
-            poll(_POLL_TIMEOUT_S)
-            if self._completed:
-                done, self._completed = self._completed, []
-                try:
-                    loop.call_soon_threadsafe(_resolve, done)
-                except RuntimeError:  # the loop closed under us: nobody is waiting any more
-                    return
-                if not self._reachable:
-                    self._set_reachable(True, "an event was acknowledged")
+    def _schedule_poll(self, loop: asyncio.AbstractEventLoop, *, fast: bool) -> None:
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+        self._polling_fast = fast
+        delay = _POLL_INTERVAL_S if fast else _IDLE_POLL_INTERVAL_S
+        self._poll_timer = loop.call_later(delay, self._poll)
+
+    def _poll(self) -> None:
+        producer, loop = self._producer, self._loop
+        assert producer is not None and loop is not None  # noqa: S101 - set in start
+        # Serves delivery callbacks (which resolve futures), error callbacks and logs.
+        producer.poll(0)
+        if self._acked:
+            self._acked = False
+            if not self._reachable:
+                self._set_reachable(True, "an event was acknowledged")
+        self._schedule_poll(loop, fast=len(producer) > 0)
 
     def _on_error(self, err: KafkaError) -> None:
-        """librdkafka's error callback (poll thread)."""
+        """librdkafka's error callback (event loop thread, from ``poll``)."""
         code = err.code()
         if err.fatal():
             # An idempotent producer's fatal error (e.g. fenced): it cannot send again.
