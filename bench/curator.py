@@ -155,7 +155,9 @@ def child(args: argparse.Namespace) -> None:
 
         with cProfile.Profile() as prof:
             curator.run(stop)
-        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+        stats = pstats.Stats(prof, stream=sys.stderr)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(30)
     else:
         curator.run(stop)
     wall = time.perf_counter() - started
@@ -286,10 +288,11 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="bench-curator-"))
         lake, state, group = work / "lake", work / "state", f"bench-{uuid.uuid4().hex[:6]}"
         env = curator_env(kafka, lake, state, group)
+        # The child's stderr (the profile, warnings) goes straight to ours; stdout is the report.
         out = subprocess.run(
-            [sys.executable, __file__, "--child"],
+            [sys.executable, __file__, "--child", *(["--profile"] if args.profile else [])],
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
             text=True,
             check=True,
         )
