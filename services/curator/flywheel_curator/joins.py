@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS rated (
     PRIMARY KEY (prompt_key, run_id)
 );
 CREATE INDEX IF NOT EXISTS rated_ts ON rated(ts);
+-- take_opposite's lookup: without it every rating scans all ratings of its prompt (matched
+-- ones included) and sorts them, so the join cost grows with the prompt's history. Partial:
+-- only unmatched rows are ever looked up, and matched ones leave the index.
+CREATE INDEX IF NOT EXISTS rated_open ON rated(prompt_key, polarity, ts, run_id) WHERE matched=0;
 CREATE TABLE IF NOT EXISTS seen (
     ns TEXT NOT NULL,
     key TEXT NOT NULL,
