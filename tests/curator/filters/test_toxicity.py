@@ -20,6 +20,7 @@ from flywheel_curator.filters import (
     ToxicitySettings,
     build_filters,
 )
+from flywheel_curator.filters.settings import DEFAULT_SCORER_BATCH, PROFANITY_CHECK_BATCH
 from pydantic import SecretStr, ValidationError
 
 from tests.curator.filters.conftest import MakeCandidate
@@ -100,9 +101,34 @@ def test_both_reasons_when_both_apply(make_candidate: MakeCandidate) -> None:
 
 def test_check_many_batches(make_candidate: MakeCandidate) -> None:
     scorer = TableScorer({})
-    verdicts = tox(scorer).check_many([make_candidate(chosen=f"c{i}") for i in range(4)])
+    candidates = [make_candidate(chosen=f"c{i}", rejected=f"r{i}") for i in range(4)]
+    verdicts = tox(scorer).check_many(candidates)
     assert all(v.accepted for v in verdicts)
     assert scorer.calls == [3, 3, 2]  # 8 texts in chunks of batch_size=3
+
+
+def test_check_many_scores_each_distinct_text_once(make_candidate: MakeCandidate) -> None:
+    scorer = TableScorer({"mean": 0.3, "kind": 0.02})
+    candidates = [
+        make_candidate(chosen="mean", rejected="kind"),
+        make_candidate(chosen="kind", rejected="mean"),
+        make_candidate(chosen="other", rejected="kind"),
+    ]
+    verdicts = tox(scorer).check_many(candidates)
+    assert sum(scorer.calls) == 3  # mean, kind, other
+    assert verdicts[0].reasons == (TOXICITY_INCREASE,)
+    assert verdicts[0].scores == {"toxicity": 0.3, "toxicity_rejected": 0.02}
+    assert verdicts[1].accepted
+    assert verdicts[1].scores == {"toxicity": 0.02, "toxicity_rejected": 0.3}
+    assert verdicts[2].scores == {"toxicity": 0.01, "toxicity_rejected": 0.02}
+
+
+def test_scorer_batch_defaults_by_backend() -> None:
+    # profanity_check's cost is per call: a whole buffer in one call.
+    assert ToxicitySettings().scorer_batch == PROFANITY_CHECK_BATCH
+    assert ToxicitySettings(batch_size=16).scorer_batch == 16
+    judge = ToxicitySettings(backend="judge", judge={"base_url": "http://j", "model": "m"})
+    assert judge.scorer_batch == DEFAULT_SCORER_BATCH
 
 
 @pytest.mark.parametrize(

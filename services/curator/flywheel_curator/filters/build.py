@@ -100,7 +100,7 @@ def build_filters(
             scorer=scorer if scorer is not None else make_scorer(t),
             max_score=t.max_score,
             relative_margin=t.relative_margin,
-            batch_size=t.batch_size,
+            batch_size=t.scorer_batch,
         )
     return FilterChain(
         stateless=stateless,

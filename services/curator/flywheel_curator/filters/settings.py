@@ -59,6 +59,9 @@ DEFAULT_MAX_RATIO = 0.95
 DEFAULT_MAX_TOXICITY = 0.5
 DEFAULT_RELATIVE_MARGIN = 0.05
 DEFAULT_SCORER_BATCH = 64
+# profanity_check pays ~10 ms of sklearn input validation per call whatever its size (151 us a
+# text in calls of 64, 11 us in calls of 4096): it scores a whole pipeline buffer in one call.
+PROFANITY_CHECK_BATCH = 8192
 DEFAULT_JUDGE_TIMEOUT_S = 10.0
 # Exact dedup keeps 8 bytes per pair (16 with the eviction order): 10M pairs is about 160 MB.
 DEFAULT_MAX_PAIR_KEYS = 10_000_000
@@ -148,7 +151,8 @@ class ToxicitySettings(_Frozen):
     backend: ToxicityBackend = "profanity_check"
     max_score: float = Field(default=DEFAULT_MAX_TOXICITY, gt=0.0, le=1.0)
     relative_margin: float = Field(default=DEFAULT_RELATIVE_MARGIN, ge=0.0, lt=1.0)
-    batch_size: int = Field(default=DEFAULT_SCORER_BATCH, ge=1)
+    # Texts per scorer call; None: the backend's own (see ``scorer_batch``).
+    batch_size: int | None = Field(default=None, ge=1)
     detoxify: DetoxifySettings | None = None
     judge: JudgeSettings | None = None
 
@@ -159,6 +163,17 @@ class ToxicitySettings(_Frozen):
         if self.enabled and self.backend == "judge" and self.judge is None:
             raise ValueError("backend 'judge' needs toxicity.judge (base_url, model)")
         return self
+
+    @property
+    def scorer_batch(self) -> int:
+        """Texts per scorer call: ``batch_size`` when set, else the backend's own size."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.backend == "profanity_check":
+            return PROFANITY_CHECK_BATCH
+        if self.backend == "detoxify" and self.detoxify is not None:
+            return self.detoxify.batch_size
+        return DEFAULT_SCORER_BATCH
 
 
 class PiiSettings(_Frozen):

@@ -309,8 +309,8 @@ class JudgeScorer:
 class ToxicityFilter:
     """Scores chosen and rejected in batches; rejects toxic or more-toxic-than-rejected pairs.
 
-    ``check_many`` scores a whole batch in ``batch_size`` chunks (the pipeline should call it
-    once per buffer); ``check`` is the one-candidate form. Both raise ``ToxicityScorerError``
+    ``check_many`` scores a whole batch's distinct texts in ``batch_size`` chunks (the pipeline
+    should call it once per buffer); ``check`` is the one-candidate form. Both raise ``ToxicityScorerError``
     instead of giving a verdict when the scorer fails.
     """
 
@@ -338,11 +338,11 @@ class ToxicityFilter:
         return self.check_many([candidate])[0]
 
     def check_many(self, candidates: Sequence[Candidate]) -> list[Verdict]:
-        texts = [t for c in candidates for t in (c.chosen, c.rejected)]
-        scores = self.score_many(texts)
-        return [
-            self._verdict(c, scores[2 * i], scores[2 * i + 1]) for i, c in enumerate(candidates)
-        ]
+        # Each distinct text is scored once: a run's response is the rejected side of its
+        # correction, its edit and its paired outcome alike.
+        unique = list(dict.fromkeys(t for c in candidates for t in (c.chosen, c.rejected)))
+        score_of = dict(zip(unique, self.score_many(unique), strict=True))
+        return [self._verdict(c, score_of[c.chosen], score_of[c.rejected]) for c in candidates]
 
     def score_many(self, texts: Sequence[str]) -> list[float]:
         """Scores ``texts`` in chunks and checks every answer; raises ``ToxicityScorerError``."""
