@@ -1,14 +1,17 @@
 """``make demo``: run the flywheel locally and show what each stage does.
 
 Today: start Kafka (a local broker, or ``KAFKA_BOOTSTRAP_SERVERS``) and the ingest service,
-post a realistic sample of runs, feedback and edits through HTTP, and print what landed on
-each topic. Later stages (curator, trainer) join ``STAGES`` as further steps.
+post a realistic sample of runs, feedback and edits through HTTP, print what landed on each
+topic, then run the curator over the topics into a Delta lake (``demo-out/lake``) and show the
+gold pairs it accepted and the candidates it rejected, with their reasons. The trainer joins
+``STAGES`` as a further step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 import orjson
 from flywheel_common import KafkaSettings
 
+from demo.curate import read_tables, run_curator
 from demo.ingest import post_sample, read_topics
 from demo.sample import generate_sample
 from demo.stack import DemoTenant, IngestProcess, ingest_service, kafka_cluster
@@ -108,11 +112,30 @@ def stage_show(demo: Demo) -> None:
             say(f"    e.g. {_compact(summary.example, 400)}")
 
 
+def stage_curate(demo: Demo) -> None:
+    lake = OUT_DIR / "lake"
+    shutil.rmtree(lake, ignore_errors=True)
+    say(f"  flywheel replay --from-beginning --lake {lake}  (logs: {OUT_DIR / 'curator.log'})")
+    summary = run_curator(need(demo.kafka), lake=lake, log_file=OUT_DIR / "curator.log")
+    say(f"  candidates by source: {summary.get('candidates', {})}")
+    tables = read_tables(lake)
+    for name, table in tables.items():
+        say(f"  {name}: {table.rows} rows (Delta version {table.version})")
+        for label, counts in table.breakdown.items():
+            say(f"    by {label}: {counts}")
+    example = tables["dpo_pairs"].example
+    if example:
+        say("  a gold pair:")
+        for key in ("source", "prompt", "chosen", "rejected", "similarity", "kafka_offset"):
+            say(f"    {key:<12} {_compact({key: example[key]}, 110)[len(key) + 4 : -1]}")
+
+
 STAGES: list[tuple[str, Callable[[Demo], None]]] = [
     ("Kafka", stage_kafka),
     ("Ingest service", stage_ingest),
     ("Client apps post runs, feedback and edits", stage_post),
     ("What landed on each topic", stage_show),
+    ("Curator: gold DPO pairs into Delta Lake, exactly once", stage_curate),
 ]
 
 
