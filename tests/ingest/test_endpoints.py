@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -243,3 +244,28 @@ def test_ops_endpoints(ingest: IngestServer) -> None:
     json.dumps(doc)  # serialisable as-is
     assert 'flywheel_ingest_requests_total{route="feedback",status="401"} 1.0' in metrics
     assert "flywheel_ingest_broker_up 1.0" in metrics
+
+
+def test_chunked_body_is_read_whole_and_events_are_counted_by_type(
+    ingest: IngestServer, kafka_settings: KafkaSettings
+) -> None:
+    events = [
+        {"type": "feedback", "occurred_at": now_ms(), "run_id": f"r{i}", "kind": "copy"}
+        for i in range(3)
+    ]
+    raw = orjson.dumps({"events": events})
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the body arrives in several parts
+        for i in range(0, len(raw), 16):
+            yield raw[i : i + 16]
+
+    with ingest.client() as client:
+        resp = client.post(
+            "/v1/events", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 202, resp.text
+        assert len(resp.json()["event_ids"]) == 3
+        metrics = client.get("/metrics").text
+    assert 'flywheel_ingest_events_produced_total{type="feedback"} 3.0' in metrics
+    assert 'flywheel_ingest_requests_total{route="batch",status="202"} 1.0' in metrics
+    read_topic(kafka_settings, kafka_settings.topics.feedback, expected=3)

@@ -53,6 +53,9 @@ def serve() -> int:
             lifespan="on",
             log_config=None,  # our JSON logging, configured above
             access_log=settings.access_log,
+            # X-Forwarded-For only changes the client address, which only the access log
+            # shows; without it, the middleware is per-request cost for nothing.
+            proxy_headers=settings.access_log,
             server_header=False,
         )
     )
