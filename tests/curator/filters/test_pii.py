@@ -116,3 +116,22 @@ def test_findings_deep_in_long_text_keep_their_offsets() -> None:
     redacted, findings = PiiDetector().redact(text)
     assert [f.kind for f in findings] == ["card", "phone", "national_id"]
     assert redacted == f"{prose}Card [CARD], {prose}call [PHONE] or {prose}[NATIONAL_ID]."
+
+
+# Each kind at the fewest digits it can have, so the digit-count gate on windows (a window is
+# only scanned for kinds whose matches it has enough digits for) never hides one; and beside a
+# few-digit run that must not lend or take digits.
+MINIMAL = [
+    ("ip", "Ping 1.2.3.4 now.", "1.2.3.4"),
+    ("national_id", "NI AB123456C here.", "AB123456C"),
+    ("national_id", "SSN 123 45 6789 ok.", "123 45 6789"),
+    ("phone", "Call +1 234 5678 now.", "+1 234 5678"),
+    ("card", "Card 4222222222222 used.", "4222222222222"),
+    ("ip", "Item 42: host 10.0.0.7 and item 7.", "10.0.0.7"),
+]
+
+
+@pytest.mark.parametrize(("kind", "text", "span"), MINIMAL)
+def test_detects_kinds_at_their_fewest_digits(kind: str, text: str, span: str) -> None:
+    findings = PiiDetector().find(text)
+    assert [(f.kind, text[f.start : f.end]) for f in findings] == [(kind, span)]

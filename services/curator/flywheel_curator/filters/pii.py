@@ -113,7 +113,14 @@ _ASSIGNMENT_HINTS = ("key", "secret", "token", "passw", "pwd")
 # whole text costs 15-25 us per pattern because leading look-behinds defeat re's fast prefix
 # search, while this run finder starts with \d and keeps it.
 _DIGIT_RUN = re.compile(r"\d[\d \-.()/]*")
+_RUN_SEPARATORS = " -.()/"
 _WINDOW_CONTEXT = 8
+# The fewest digits a match of each digit-bearing kind contains: a card 13, a phone 8 (checked
+# after the match), a US SSN 9 and a UK NINO 6 (national_id: the smaller), an IPv4 address 4.
+_CARD_MATCH_DIGITS = _CARD_MIN_DIGITS
+_NATIONAL_ID_MATCH_DIGITS = 6
+_IP_MATCH_DIGITS = 4
+_PHONE_MATCH_DIGITS = _PHONE_MIN_DIGITS
 
 
 def _digits(text: str) -> str:
@@ -160,25 +167,34 @@ def _secrets(text: str) -> Iterable[tuple[int, int]]:
 
 
 _Detect = Callable[[str], Iterable[tuple[int, int]]]
+# (start, end, digits in it) of a window around digit runs.
+_Window = tuple[int, int, int]
 
 
-def _digit_windows(text: str) -> list[tuple[int, int]]:
-    """Merged spans around the digit runs of ``text`` (empty when it has no digit)."""
-    windows: list[tuple[int, int]] = []
+def _digit_windows(text: str) -> list[_Window]:
+    """Merged spans around the digit runs of ``text`` with their digit counts (empty when it
+    has no digit)."""
+    windows: list[_Window] = []
     for m in _DIGIT_RUN.finditer(text):
         start = max(0, m.start() - _WINDOW_CONTEXT)
         end = min(len(text), m.end() + _WINDOW_CONTEXT)
+        run = m.group()
+        digits = len(run) - sum(run.count(sep) for sep in _RUN_SEPARATORS)
         if windows and start <= windows[-1][1]:
-            windows[-1] = (windows[-1][0], end)
+            windows[-1] = (windows[-1][0], end, windows[-1][2] + digits)
         else:
-            windows.append((start, end))
+            windows.append((start, end, digits))
     return windows
 
 
 def _in_windows(
-    detect: _Detect, text: str, windows: list[tuple[int, int]]
+    detect: _Detect, text: str, windows: list[_Window], min_digits: int
 ) -> Iterable[tuple[int, int]]:
-    for w_start, w_end in windows:
+    for w_start, w_end, digits in windows:
+        # A window with fewer digits than any match of this kind holds (an item number, a
+        # year) is skipped without running the detector's regexes: the common case in prose.
+        if digits < min_digits:
+            continue
         for start, end in detect(text[w_start:w_end]):
             # Matches start at most 3 characters before a run ("AB " of a NINO) and end on it,
             # so the look-arounds always see the real neighbouring characters.
@@ -187,13 +203,15 @@ def _in_windows(
 
 # Order matters where patterns overlap: secrets and cards are claimed before the looser phone
 # pattern can take a digit run, so each span is reported under its most specific kind.
-_DETECTORS: tuple[tuple[PiiKind, _Detect, bool], ...] = (
-    ("secret", _secrets, False),
-    ("email", _emails, False),
-    ("card", _cards, True),
-    ("national_id", _national_ids, True),
-    ("ip", _ips, True),
-    ("phone", _phones, True),
+# The last field: the fewest digits a match holds, for detectors that run on digit windows only
+# (0: the detector scans the whole text).
+_DETECTORS: tuple[tuple[PiiKind, _Detect, int], ...] = (
+    ("secret", _secrets, 0),
+    ("email", _emails, 0),
+    ("card", _cards, _CARD_MATCH_DIGITS),
+    ("national_id", _national_ids, _NATIONAL_ID_MATCH_DIGITS),
+    ("ip", _ips, _IP_MATCH_DIGITS),
+    ("phone", _phones, _PHONE_MATCH_DIGITS),
 )
 
 
@@ -211,8 +229,9 @@ class PiiDetector:
     def find(self, text: str) -> list[PiiFinding]:
         windows = _digit_windows(text)
         findings: list[PiiFinding] = []
-        for kind, detect, needs_digit in self._detectors:
-            for start, end in _in_windows(detect, text, windows) if needs_digit else detect(text):
+        for kind, detect, min_digits in self._detectors:
+            spans = _in_windows(detect, text, windows, min_digits) if min_digits else detect(text)
+            for start, end in spans:
                 if not any(start < f.end and f.start < end for f in findings):
                     findings.append(PiiFinding(kind, start, end))
         findings.sort(key=lambda f: f.start)

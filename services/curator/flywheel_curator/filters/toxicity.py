@@ -310,8 +310,8 @@ class ToxicityFilter:
     """Scores chosen and rejected in batches; rejects toxic or more-toxic-than-rejected pairs.
 
     ``check_many`` scores a whole batch's distinct texts in ``batch_size`` chunks (the pipeline
-    should call it once per buffer); ``check`` is the one-candidate form. Both raise ``ToxicityScorerError``
-    instead of giving a verdict when the scorer fails.
+    should call it once per buffer); ``check`` is the one-candidate form. Both raise
+    ``ToxicityScorerError`` instead of giving a verdict when the scorer fails.
     """
 
     name = "toxicity"
