@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -73,7 +74,10 @@ def _curate(args: argparse.Namespace) -> int:
     source = f"file:{args.input.name}"
     for line_no, event_type, record, error in _events(args.input, codec, args.tenant):
         if error is not None or event_type is None:
-            pipeline.summary.dlq[error or "invalid_event"] += 1
+            reason, _, detail = (error or "invalid_event: ").partition(": ")
+            pipeline.summary.dlq[reason] += 1
+            # Line numbers are 1-based for people; KafkaOrigin keeps the 0-based position.
+            print(f"{args.input}:{line_no + 1}: {reason}: {detail}", file=sys.stderr)
             continue
         pipeline.process(event_type, record, KafkaOrigin(source, 0, line_no))
         pending += 1
@@ -105,7 +109,9 @@ def _write(
 def _events(
     path: Path, codec: AvroCodec, tenant: str
 ) -> Iterator[tuple[int, EventType | None, dict[str, Any], str | None]]:
-    """(line number, type, record decoded as the stream would see it, error reason)."""
+    """(0-based line number, type, record decoded as the stream would see it, error).
+
+    An error is ``"<reason>: <what is wrong>"``, reason being a DLQ reason code."""
     try:
         lines = path.open(encoding="utf-8")
     except OSError as exc:
@@ -116,23 +122,32 @@ def _events(
                 continue
             try:
                 raw = json.loads(line)
-                event_type = raw.pop("type")
-                name = _NAMES[event_type]
-            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
-                yield line_no, None, {}, "undecodable"
+            except json.JSONDecodeError as exc:
+                yield line_no, None, {}, f"undecodable: not JSON ({exc})"
                 continue
+            if not isinstance(raw, dict) or raw.get("type") not in _NAMES:
+                found = raw.get("type") if isinstance(raw, dict) else type(raw).__name__
+                yield (
+                    line_no,
+                    None,
+                    {},
+                    (f"undecodable: 'type' must be one of {sorted(_NAMES)}, not {found!r}"),
+                )
+                continue
+            event_type = raw.pop("type")
             raw.setdefault("tenant", tenant)
             raw.setdefault("event_id", str(uuid.uuid5(_NAMESPACE, f"{path.name}:{line_no}")))
-            raw["occurred_at"] = _ts(raw.get("occurred_at"))
-            raw["received_at"] = _ts(raw.get("received_at", raw["occurred_at"]))
             try:
+                raw["occurred_at"] = _ts(raw.get("occurred_at"))
+                raw["received_at"] = _ts(raw.get("received_at", raw["occurred_at"]))
                 # Through the codec, so the record is exactly what a consumer would decode.
-                decoded = codec.decode(codec.encode(name, raw))
-            except (EncodeError, DecodeError, ValueError):
-                yield line_no, None, {}, "invalid_event"
+                decoded = codec.decode(codec.encode(_NAMES[event_type], raw))
+            except (EncodeError, DecodeError, ValueError, TypeError, OverflowError) as exc:
+                yield line_no, None, {}, f"invalid_event: {exc}"
                 continue
-            if validate(event_type, decoded.name, decoded.record) is not None:
-                yield line_no, None, {}, "invalid_event"
+            problem = validate(event_type, decoded.name, decoded.record)
+            if problem is not None:
+                yield line_no, None, {}, f"invalid_event: {problem}"
                 continue
             yield line_no, event_type, decoded.record, None
 

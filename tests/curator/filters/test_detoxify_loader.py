@@ -159,6 +159,7 @@ def test_detoxify_backend_through_the_settings(
             # relative check alone, which two similar texts pass.
             max_score=1.0,
             relative_margin=0.5,
+            relative_floor=0.0,
             detoxify={"checkpoint": checkpoint, "hf_config_dir": config_dir},
         )
     )

@@ -54,8 +54,16 @@ class BrokenScorer:
         return self.answer  # type: ignore[no-any-return]
 
 
-def tox(scorer: Any, *, max_score: float = 0.5, margin: float = 0.05) -> ToxicityFilter:
-    return ToxicityFilter(scorer=scorer, max_score=max_score, relative_margin=margin, batch_size=3)
+def tox(
+    scorer: Any, *, max_score: float = 0.5, margin: float = 0.05, floor: float = 0.25
+) -> ToxicityFilter:
+    return ToxicityFilter(
+        scorer=scorer,
+        max_score=max_score,
+        relative_margin=margin,
+        relative_floor=floor,
+        batch_size=3,
+    )
 
 
 def test_profanity_check_scores_insults_not_prose() -> None:
@@ -91,6 +99,22 @@ def test_relative_toxicity_rejects_below_the_absolute_threshold(
     assert f.check(make_candidate(chosen="slightly", rejected="polite")).accepted
     # Less toxic chosen than rejected: the pair steers away from toxicity, which is the point.
     assert f.check(make_candidate(chosen="polite", rejected="meaner")).accepted
+
+
+def test_relative_check_ignores_scorer_noise_below_the_floor(
+    make_candidate: MakeCandidate,
+) -> None:
+    # Real profanity_check scores: a clean title against a terse rejected answer.
+    scores = {"Zero-downtime schema migrations": 0.089, "Databases.": 0.025}
+    pair = make_candidate(chosen="Zero-downtime schema migrations", rejected="Databases.")
+    assert tox(TableScorer(scores)).check(pair).accepted
+    # With the floor at 0 every increase beyond the margin counts, noise included.
+    assert tox(TableScorer(scores), floor=0.0).check(pair).reasons == (TOXICITY_INCREASE,)
+
+
+def test_relative_floor_must_not_exceed_the_absolute_threshold() -> None:
+    with pytest.raises(ConfigError, match="relative_floor"):
+        tox(TableScorer({}), max_score=0.5, floor=0.6)
 
 
 def test_both_reasons_when_both_apply(make_candidate: MakeCandidate) -> None:
@@ -162,7 +186,9 @@ def test_chain_fails_closed_and_records_nothing(make_candidate: MakeCandidate) -
 
 def test_bad_config() -> None:
     with pytest.raises(ConfigError, match="max_score"):
-        ToxicityFilter(scorer=TableScorer({}), max_score=0.0, relative_margin=0.1)
+        ToxicityFilter(
+            scorer=TableScorer({}), max_score=0.0, relative_margin=0.1, relative_floor=0.0
+        )
     with pytest.raises(ValidationError, match=r"needs toxicity\.detoxify"):
         ToxicitySettings(backend="detoxify")
     with pytest.raises(ValidationError, match=r"needs toxicity\.judge"):

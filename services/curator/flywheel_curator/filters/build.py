@@ -100,6 +100,7 @@ def build_filters(
             scorer=scorer if scorer is not None else make_scorer(t),
             max_score=t.max_score,
             relative_margin=t.relative_margin,
+            relative_floor=t.relative_floor,
             batch_size=t.scorer_batch,
         )
     return FilterChain(

@@ -58,6 +58,9 @@ DEFAULT_MAX_RATIO = 0.95
 # margin 0, 0.6 % at 0.02 and 0.08 % at 0.05.
 DEFAULT_MAX_TOXICITY = 0.5
 DEFAULT_RELATIVE_MARGIN = 0.05
+# Below this the chosen text is clean by the scorer's own measure, and a higher score than the
+# rejected side is noise (profanity_check: prose 0.01-0.11, insults 0.98-1.0).
+DEFAULT_RELATIVE_FLOOR = 0.25
 DEFAULT_SCORER_BATCH = 64
 # profanity_check pays ~10 ms of sklearn input validation per call whatever its size (151 us a
 # text in calls of 64, 11 us in calls of 4096): it scores a whole pipeline buffer in one call.
@@ -145,12 +148,14 @@ class JudgeSettings(_Frozen):
 
 class ToxicitySettings(_Frozen):
     """Toxicity of the chosen text, absolutely (``max_score``) and relative to the rejected text
-    (``chosen > rejected + relative_margin`` is the poisoning case)."""
+    (``chosen > rejected + relative_margin`` is the poisoning case, once the chosen text
+    scores at least ``relative_floor``; 0 makes the relative check apply to any score)."""
 
     enabled: bool = True
     backend: ToxicityBackend = "profanity_check"
     max_score: float = Field(default=DEFAULT_MAX_TOXICITY, gt=0.0, le=1.0)
     relative_margin: float = Field(default=DEFAULT_RELATIVE_MARGIN, ge=0.0, lt=1.0)
+    relative_floor: float = Field(default=DEFAULT_RELATIVE_FLOOR, ge=0.0, le=1.0)
     # Texts per scorer call; None: the backend's own (see ``scorer_batch``).
     batch_size: int | None = Field(default=None, ge=1)
     detoxify: DetoxifySettings | None = None

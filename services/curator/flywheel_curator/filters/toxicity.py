@@ -2,9 +2,12 @@
 scorer.
 
 A pair is rejected when its chosen text scores at least ``max_score`` (``toxic_chosen``), or
-when it scores more than ``relative_margin`` above its rejected text (``toxicity_increase``):
-a pair that teaches the model to prefer the more toxic answer is the poisoning case, and it
-is caught even while both sides sit below the absolute threshold.
+when it scores at least ``relative_floor`` and more than ``relative_margin`` above its rejected
+text (``toxicity_increase``): a pair that teaches the model to prefer the more toxic answer is
+the poisoning case, and it is caught even while both sides sit below the absolute threshold.
+The floor keeps scorer noise out: profanity_check scores ordinary prose 0.01-0.11 (a terse
+rejected "Databases." 0.025 against a fine chosen title 0.089), so without it the check threw
+away real corrections whose only fault was being longer than the answer they replaced.
 
 Scorers (``ToxicityScorer``: ``score_many(texts) -> probabilities``):
 
@@ -322,13 +325,21 @@ class ToxicityFilter:
         scorer: ToxicityScorer,
         max_score: float,
         relative_margin: float,
+        relative_floor: float,
         batch_size: int = 64,
     ) -> None:
-        if not 0.0 < max_score <= 1.0 or not 0.0 <= relative_margin < 1.0 or batch_size < 1:
+        if (
+            not 0.0 < max_score <= 1.0
+            or not 0.0 <= relative_margin < 1.0
+            or not 0.0 <= relative_floor <= max_score
+            or batch_size < 1
+        ):
             raise ConfigError(
-                "toxicity needs 0 < max_score <= 1, 0 <= relative_margin < 1, batch_size >= 1; "
-                f"got {max_score}, {relative_margin}, {batch_size}"
+                "toxicity needs 0 < max_score <= 1, 0 <= relative_margin < 1, "
+                "0 <= relative_floor <= max_score, batch_size >= 1; got "
+                f"{max_score}, {relative_margin}, {relative_floor}, {batch_size}"
             )
+        self.relative_floor = relative_floor
         self.scorer = scorer
         self.max_score = max_score
         self.relative_margin = relative_margin
@@ -377,7 +388,7 @@ class ToxicityFilter:
         if chosen >= self.max_score:
             reasons.append(TOXIC_CHOSEN)
             details.append(f"chosen {chosen:.3f} >= {self.max_score}")
-        if chosen > rejected + self.relative_margin:
+        if chosen >= self.relative_floor and chosen > rejected + self.relative_margin:
             reasons.append(TOXICITY_INCREASE)
             details.append(
                 f"chosen {chosen:.3f} > rejected {rejected:.3f} + {self.relative_margin}"
