@@ -35,6 +35,11 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     with LocalKafka(partitions=PARTITIONS) as kafka:
+        # The topics of DESIGN.md under their real names, as a deployment has them; each test
+        # still works on its own uuid-named copies (the ``topics`` fixture).
+        ensure_topics(
+            KafkaSettings(bootstrap_servers=kafka.bootstrap_servers, partitions=PARTITIONS)
+        )
         yield kafka.bootstrap_servers
 
 

@@ -42,6 +42,14 @@ def test_topics_exist_with_the_same_partition_count(kafka_settings: KafkaSetting
     assert set(counts.values()) == {kafka_settings.partitions}
 
 
+def test_the_design_topics_exist_with_one_partition_count(kafka_bootstrap: str) -> None:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("an existing cluster's topics are its operators' business")
+    design = Topics()
+    md = make_admin(KafkaSettings(bootstrap_servers=kafka_bootstrap)).list_topics(timeout=10)
+    assert {len(md.topics[t].partitions) for t in design.all()} == {3}
+
+
 def test_ensure_topics_is_idempotent_and_refuses_other_counts(
     kafka_settings: KafkaSettings,
 ) -> None:
