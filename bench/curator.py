@@ -52,7 +52,9 @@ def _event(kind: str, i: int, rng: random.Random) -> tuple[str, dict[str, Any]]:
         "event_id": str(uuid.uuid4()),
         "occurred_at": now,
         "received_at": now,
-        "tenant": f"t{i % 7}",
+        # Many accounts, as in a multi-tenant deployment: the default per-tenant and per-user
+        # caps then protect without starving the measurement (7 tenants hit them at 70k pairs).
+        "tenant": f"t{i % 1009}",
     }
     prompt = PROMPTS[i % len(PROMPTS)]
     response = (
@@ -66,11 +68,11 @@ def _event(kind: str, i: int, rng: random.Random) -> tuple[str, dict[str, Any]]:
             "response": response,
             "model": "m",
             "feature": "f",
-            "user_id": f"u{i % 997}",
+            "user_id": f"u{i % 20011}",
         }
     if kind == "feedback":
         value = rng.choice([1.0, 1.0, -1.0])
-        fb = {**base, "run_id": rid, "kind": "thumbs", "value": value, "user_id": f"u{i % 997}"}
+        fb = {**base, "run_id": rid, "kind": "thumbs", "value": value, "user_id": f"u{i % 20011}"}
         if value < 0:
             fb["correction"] = f"A better answer {i}: something more reasonable about item {i}."
         return "Feedback", fb
@@ -81,7 +83,7 @@ def _event(kind: str, i: int, rng: random.Random) -> tuple[str, dict[str, Any]]:
         "original": response,
         "final": f"Answer {i}: the user says something better about item {i}.",
         "feature": "f",
-        "user_id": f"u{i % 997}",
+        "user_id": f"u{i % 20011}",
     }
 
 
