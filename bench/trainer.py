@@ -17,20 +17,17 @@ import json
 import logging
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import torch
 from deltalake import write_deltalake
-from flywheel_common.lake import DPO_PAIRS, chat_prompt, content_hash
 from flywheel_common.settings import LakeSettings
 from flywheel_trainer.job import run_job
 from flywheel_trainer.registry import code_version
 from flywheel_trainer.settings import GateSettings, JobConfig, LoraSettings, TrainerSettings
 from flywheel_trainer.spec import JobSpec
-from flywheel_trainer.synthetic import generate_pairs, save_base_model
+from flywheel_trainer.synthetic import generate_pairs, pairs_table, save_base_model
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -64,32 +61,11 @@ class StepTimer(TrainerCallback):
 
 
 def write_pairs(uri: str, n: int, filler_words: int) -> None:
-    now = datetime.now(UTC)
-    rows = []
-    for i, p in enumerate(generate_pairs(n, seed=7, filler_words=filler_words)):
-        prompt = chat_prompt(p.prompt)
-        rows.append(
-            {
-                "pair_id": content_hash(prompt, p.chosen, p.rejected),
-                "prompt": prompt,
-                "chosen": p.chosen,
-                "rejected": p.rejected,
-                "source": p.source,
-                "run_id": f"bench-{i}",
-                "event_id": f"bench-{i}",
-                "tenant": "bench",
-                "feature": "bench",
-                "weight": 1.0,
-                "event_time": now,
-                "curated_at": now,
-                "curator_version": "bench",
-                "filter_config_hash": "bench",
-                "kafka_topic": "bench",
-                "kafka_partition": 0,
-                "kafka_offset": i,
-            }
-        )
-    write_deltalake(uri, pa.Table.from_pylist(rows, schema=DPO_PAIRS), mode="append")
+    pairs = generate_pairs(n, seed=7, filler_words=filler_words)
+    table = pairs_table(
+        pairs, topic="bench", tenant="bench", feature="bench", curator_version="bench"
+    )
+    write_deltalake(uri, table, mode="append")
 
 
 def main() -> None:

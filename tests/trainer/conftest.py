@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,10 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from flywheel_common.codec import AvroCodec
 from flywheel_common.kafka import make_producer
-from flywheel_common.lake import DPO_PAIRS, chat_prompt, content_hash, txn_app_id
+from flywheel_common.lake import txn_app_id
 from flywheel_common.settings import KafkaSettings, LakeSettings
 from flywheel_trainer.settings import GateSettings, JobConfig, LoraSettings, TrainerSettings
-from flywheel_trainer.synthetic import SyntheticPair, generate_pairs, save_base_model
+from flywheel_trainer.synthetic import SyntheticPair, generate_pairs, pairs_table, save_base_model
 
 # torch / transformers / TRL warn about their own deprecations on every run; pytest turns
 # warnings into errors, so these (and only these) are let through for the trainer tests.
@@ -90,32 +89,13 @@ def make_settings(
 def pair_table(
     pairs: Sequence[SyntheticPair], *, partition: int = 0, first_offset: int = 0
 ) -> pa.Table:
-    now = datetime.now(UTC)
-    rows = []
-    for i, p in enumerate(pairs):
-        prompt = chat_prompt(p.prompt)
-        rows.append(
-            {
-                "pair_id": content_hash(prompt, p.chosen, p.rejected),
-                "prompt": prompt,
-                "chosen": p.chosen,
-                "rejected": p.rejected,
-                "source": p.source,
-                "run_id": str(uuid.uuid4()),
-                "event_id": str(uuid.uuid4()),
-                "tenant": "acme",
-                "feature": "chat",
-                "weight": 1.0,
-                "event_time": now,
-                "curated_at": now,
-                "curator_version": "test",
-                "filter_config_hash": "test",
-                "kafka_topic": TOPIC,
-                "kafka_partition": partition,
-                "kafka_offset": first_offset + i,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=DPO_PAIRS)
+    return pairs_table(
+        pairs,
+        topic=TOPIC,
+        partition=partition,
+        first_offset=first_offset,
+        curator_version="test",
+    )
 
 
 def append_pairs(

@@ -9,9 +9,15 @@ that always favours one word is right only half the time.
 from __future__ import annotations
 
 import random
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+import pyarrow as pa
+from flywheel_common.lake import DPO_PAIRS, chat_prompt, content_hash
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -19,6 +25,7 @@ __all__ = [
     "SyntheticPair",
     "build_tokenizer",
     "generate_pairs",
+    "pairs_table",
     "random_init_model",
     "save_base_model",
 ]
@@ -171,3 +178,43 @@ def save_base_model(
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+def pairs_table(
+    pairs: Sequence[SyntheticPair],
+    *,
+    topic: str = "synthetic",
+    partition: int = 0,
+    first_offset: int = 0,
+    tenant: str = "acme",
+    feature: str = "chat",
+    curator_version: str = "synthetic",
+) -> pa.Table:
+    """``pairs`` as ``dpo_pairs`` rows, as the curator would write them, with consecutive Kafka
+    offsets from ``first_offset`` (tests and benchmarks feed the trainer through this)."""
+    now = datetime.now(UTC)
+    rows = []
+    for i, p in enumerate(pairs):
+        prompt = chat_prompt(p.prompt)
+        rows.append(
+            {
+                "pair_id": content_hash(prompt, p.chosen, p.rejected),
+                "prompt": prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "source": p.source,
+                "run_id": str(uuid.uuid4()),
+                "event_id": str(uuid.uuid4()),
+                "tenant": tenant,
+                "feature": feature,
+                "weight": 1.0,
+                "event_time": now,
+                "curated_at": now,
+                "curator_version": curator_version,
+                "filter_config_hash": curator_version,
+                "kafka_topic": topic,
+                "kafka_partition": partition,
+                "kafka_offset": first_offset + i,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=DPO_PAIRS)
