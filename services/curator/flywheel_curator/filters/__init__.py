@@ -23,10 +23,17 @@ from flywheel_curator.filters.caps import (
     UserKey,
     default_user_key,
 )
-from flywheel_curator.filters.chain import FilterChain, FilterState, StatefulFilter
+from flywheel_curator.filters.chain import (
+    BatchFilter,
+    FilterChain,
+    FilterState,
+    StatefulBatch,
+    StatefulFilter,
+)
 from flywheel_curator.filters.dedup import (
     DUPLICATE,
     DUPLICATE_EVENT,
+    BatchKeyState,
     EventDedupFilter,
     ExactDedupFilter,
     KeySet,
@@ -75,6 +82,8 @@ __all__ = [
     "TOXICITY_INCREASE",
     "TOXIC_CHOSEN",
     "USER_CAP",
+    "BatchFilter",
+    "BatchKeyState",
     "CapFilter",
     "CapSettings",
     "CapState",
@@ -104,6 +113,7 @@ __all__ = [
     "ProfanityCheckScorer",
     "SimilarityFilter",
     "SimilaritySettings",
+    "StatefulBatch",
     "StatefulFilter",
     "ToxicityFilter",
     "ToxicityScorer",

@@ -18,7 +18,7 @@ be rebuilt from it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from flywheel_common.errors import ConfigError
@@ -63,7 +63,8 @@ class CapState:
 
     def count(self, window: int, tenant: str, user: str | None) -> int:
         key = (window, tenant, user)
-        return self._committed[key] + self._pending[key]
+        # get, not []: a Counter's [] of a missing key goes through a Python __missing__.
+        return self._committed.get(key, 0) + self._pending.get(key, 0)
 
     def add(self, event_time: datetime, tenant: str, user: str | None) -> None:
         window = self.window_of(event_time)
@@ -120,7 +121,17 @@ class CapFilter:
 
     def check(self, candidate: Candidate) -> Verdict:
         window = self.state.window_of(candidate.event_time)
-        user = self.user_key(candidate)
+        found = self.over_cap(candidate, window, self.user_key(candidate))
+        return found if found is not None else Verdict.accept(candidate)
+
+    def record(self, candidate: Candidate) -> None:
+        self.state.add(candidate.event_time, candidate.tenant, self.user_key(candidate))
+
+    def batch(self, candidates: Sequence[Candidate]) -> _CapBatch:
+        return _CapBatch(self, candidates)
+
+    def over_cap(self, candidate: Candidate, window: int, user: str | None) -> Verdict | None:
+        """The rejection of a candidate whose user or tenant has reached the cap, else None."""
         if self.max_per_user is not None and user is not None:
             used = self.state.count(window, candidate.tenant, user)
             if used >= self.max_per_user:
@@ -135,7 +146,30 @@ class CapFilter:
                     TENANT_CAP,
                     f"tenant has {used} pairs in window, cap {self.max_per_tenant}",
                 )
-        return Verdict.accept(candidate)
+        return None
 
-    def record(self, candidate: Candidate) -> None:
-        self.state.add(candidate.event_time, candidate.tenant, self.user_key(candidate))
+
+class _CapBatch:
+    """One ``run_many`` call's cap work: each candidate's window and user key computed once.
+    Counts only grow within a call, and only a record in the same window and tenant moves a
+    candidate's counts: the others' re-checks are skipped."""
+
+    def __init__(self, caps: CapFilter, candidates: Sequence[Candidate]) -> None:
+        self._caps = caps
+        self._candidates = candidates
+        self._windows = [caps.state.window_of(c.event_time) for c in candidates]
+        self._users = [caps.user_key(c) for c in candidates]
+        self._recorded: set[tuple[int, str]] = set()
+
+    def check(self, i: int) -> Verdict | None:
+        return self._caps.over_cap(self._candidates[i], self._windows[i], self._users[i])
+
+    def recheck(self, i: int) -> Verdict | None:
+        if (self._windows[i], self._candidates[i].tenant) not in self._recorded:
+            return None
+        return self.check(i)
+
+    def record(self, i: int) -> None:
+        candidate = self._candidates[i]
+        self._recorded.add((self._windows[i], candidate.tenant))
+        self._caps.state.add(candidate.event_time, candidate.tenant, self._users[i])

@@ -12,6 +12,11 @@ recorded only for accepted candidates, toxicity scored in one batch per call.
    duplicate of this one, or have filled its cap), and each accepted candidate is recorded in
    the state, tentatively.
 
+Each stateful filter does a call's work in a ``StatefulBatch``: keys and signatures computed
+once for all candidates and looked up together in pass 1; in pass 3 a re-check costs nothing
+unless an earlier candidate of the call recorded something it shares (a key, a band, a cap
+window), and then gives exactly the verdict a fresh check would.
+
 State contract for the pipeline (see ``FilterState``):
 - after the Delta commit that wrote a buffer's rows: ``state.commit()``;
 - when a buffer is dropped (a failed commit, a rebalance): ``state.rollback()``;
@@ -24,7 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from flywheel_curator.candidate import Candidate, Filter, Verdict
 from flywheel_curator.filters.caps import CapState
@@ -33,14 +38,40 @@ from flywheel_curator.filters.neardup import NearDupIndex
 from flywheel_curator.filters.settings import FilterSettings
 from flywheel_curator.filters.toxicity import ToxicityFilter
 
-__all__ = ["FilterChain", "FilterState", "StatefulFilter"]
+__all__ = ["BatchFilter", "FilterChain", "FilterState", "StatefulBatch", "StatefulFilter"]
+
+
+@runtime_checkable
+class BatchFilter(Protocol):
+    """A stateless filter that checks a whole call's candidates at once, sharing work between
+    them (PII: each distinct text scanned once); the chain uses ``check_many`` where a filter
+    has it."""
+
+    def check_many(self, candidates: Sequence[Candidate]) -> list[Verdict]: ...
+
+
+class StatefulBatch(Protocol):
+    """A stateful filter's work on one ``run_many`` call, by index into its candidates. Each
+    method gives the rejection, or None for a plain pass."""
+
+    def check(self, i: int) -> Verdict | None:
+        """Against the state as the call found it."""
+
+    def recheck(self, i: int) -> Verdict | None:
+        """Against the state with this call's records so far; only for candidates ``check``
+        passed."""
+
+    def record(self, i: int) -> None:
+        """Remembers the candidate, tentatively."""
 
 
 class StatefulFilter(Filter, Protocol):
     """A filter whose ``check`` only looks the candidate up; ``record`` remembers an accepted
-    candidate (tentatively, until the state is committed)."""
+    candidate (tentatively, until the state is committed); ``batch`` does both for a call."""
 
     def record(self, candidate: Candidate) -> None: ...
+
+    def batch(self, candidates: Sequence[Candidate]) -> StatefulBatch: ...
 
 
 @dataclass(slots=True)
@@ -137,28 +168,41 @@ class FilterChain:
         return self.run_many([candidate])[0]
 
     def run_many(self, candidates: Sequence[Candidate]) -> list[Verdict]:
-        verdicts = [self._cheap(c) for c in candidates]
+        verdicts = [Verdict.accept(c) for c in candidates]
+        for f in self.stateless:
+            # Each filter sees the candidates as the filters before it passed them on.
+            current = [v.candidate for v in verdicts]
+            if isinstance(f, BatchFilter):
+                checked = f.check_many(current)
+            else:
+                checked = [f.check(c) for c in current]
+            verdicts = [_merge(v, c) for v, c in zip(verdicts, checked, strict=True)]
+        passed = [v.candidate for v in verdicts]
+        batches = [f.batch(passed) for f in self.stateful]
+        for batch in batches:
+            for i in range(len(verdicts)):
+                found = batch.check(i)
+                if found is not None:
+                    verdicts[i] = _merge(verdicts[i], found)
         if self.toxicity is not None:
             survivors = [i for i, v in enumerate(verdicts) if v.accepted]
             scored = self.toxicity.check_many([verdicts[i].candidate for i in survivors])
             for i, tox in zip(survivors, scored, strict=True):
                 verdicts[i] = _merge(verdicts[i], tox)
         for i, verdict in enumerate(verdicts):
-            if not verdict.accepted:
-                continue
-            recheck = verdict
-            for f in self.stateful:
-                recheck = _merge(recheck, f.check(recheck.candidate))
-            if recheck.accepted:
-                for f in self.stateful:
-                    f.record(recheck.candidate)
-            verdicts[i] = recheck
+            if verdict.accepted:
+                verdicts[i] = self._recheck_and_record(batches, i, verdict)
         return verdicts
 
-    def _cheap(self, candidate: Candidate) -> Verdict:
-        verdict = Verdict.accept(candidate)
-        for f in (*self.stateless, *self.stateful):
-            verdict = _merge(verdict, f.check(verdict.candidate))
+    @staticmethod
+    def _recheck_and_record(batches: list[StatefulBatch], i: int, verdict: Verdict) -> Verdict:
+        for batch in batches:
+            found = batch.recheck(i)
+            if found is not None:
+                verdict = _merge(verdict, found)
+        if verdict.accepted:
+            for batch in batches:
+                batch.record(i)
         return verdict
 
     def commit(self) -> None:

@@ -7,6 +7,9 @@ State contract (the curator core keeps it consistent with the Delta table):
   ``add``), tentatively, in the current batch. ``commit()`` after the Delta commit that wrote
   those rows makes them permanent; ``rollback()`` when the buffer is dropped forgets them, so a
   replay after a failed commit is not taken for a duplicate of itself.
+- Within one ``run_many`` call the state changes only by the chain's ``add``: the chain looks
+  each key up once (in one batch where the state has ``contains_many``, see
+  ``BatchKeyState``) and answers re-checks from the keys it recorded itself.
 - On start, ``load(...)`` rebuilds the state from the table: ``pair_id`` column for
   ``pair_keys``; ``event_key(event_id, source, run_id, chosen_run_id, rejected_run_id)`` of
   each row for ``event_keys``. The curator replays from the offsets committed with the table,
@@ -19,20 +22,23 @@ State contract (the curator core keeps it consistent with the Delta table):
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from json.encoder import encode_basestring
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 from flywheel_common.errors import ConfigError
-from flywheel_common.lake.tables import content_hash
 
 from flywheel_curator.candidate import Candidate, Verdict
 
 __all__ = [
     "DUPLICATE",
     "DUPLICATE_EVENT",
+    "BatchKeyState",
     "EventDedupFilter",
     "ExactDedupFilter",
     "KeySet",
@@ -52,8 +58,7 @@ _MERGE_CHUNK = 65_536
 _HEX_PREFIX = 16  # 8 bytes of the SHA-256, as hex digits
 _PAIR_ID_VERSION = "dpo_pair/v1"
 _LOAD_CHUNK = 1 << 20
-# Keys cached between check and record: enough for one pipeline buffer.
-_KEY_CACHE = 8192
+_KEY_BYTES = 8
 
 
 def normalize_text(text: str) -> str:
@@ -64,13 +69,37 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def _json(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
+
+
+# The hashed blobs are the JSON ``flywheel_common.lake.tables.content_hash`` makes of the same
+# parts, written out directly: ``json.dumps`` builds an encoder per call, which cost three
+# times the hash itself. The tests hold the two equal.
+def _pair_blob(prompt: Sequence[Mapping[str, str]], chosen: str, rejected: str) -> bytes:
+    messages = ",".join(
+        f"[{_json(m.get('role', ''))},{_json(normalize_text(m.get('content', '')))}]"
+        for m in prompt
+    )
+    chosen_json, rejected_json = _json(normalize_text(chosen)), _json(normalize_text(rejected))
+    return f'["{_PAIR_ID_VERSION}",[{messages}],{chosen_json},{rejected_json}]'.encode()
+
+
+def _event_blob(
+    event_id: str,
+    source: str,
+    run_id: str,
+    chosen_run_id: str | None,
+    rejected_run_id: str | None,
+) -> bytes:
+    parts = (event_id, source, run_id, chosen_run_id, rejected_run_id)
+    return ('["event/v1",' + ",".join(map(_json, parts)) + "]").encode()
+
+
 def pair_id(prompt: Sequence[Mapping[str, str]], chosen: str, rejected: str) -> str:
     """The pair's content hash: the ``pair_id`` column and the exact-dedup key. The core should
     write this value so that ``load(pair_keys=<pair_id column>)`` rebuilds the state."""
-    messages = [[m.get("role", ""), normalize_text(m.get("content", ""))] for m in prompt]
-    return str(
-        content_hash(_PAIR_ID_VERSION, messages, normalize_text(chosen), normalize_text(rejected))
-    )
+    return hashlib.sha256(_pair_blob(prompt, chosen, rejected)).hexdigest()
 
 
 def event_key(
@@ -82,7 +111,13 @@ def event_key(
 ) -> str:
     """One candidate per event and pair identity. An event may complete several pairs (one
     rating, two paired outcomes), so the event id alone would be too coarse."""
-    return str(content_hash("event/v1", event_id, source, run_id, chosen_run_id, rejected_run_id))
+    blob = _event_blob(event_id, source, run_id, chosen_run_id, rejected_run_id)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _digest_key(blob: bytes) -> int:
+    """``key_int`` of the blob's SHA-256 hex digest, without the hex round trip."""
+    return int.from_bytes(hashlib.sha256(blob).digest()[:_KEY_BYTES], "big")
 
 
 def key_int(key: str | int) -> int:
@@ -108,6 +143,26 @@ class KeyState(Protocol):
     def __len__(self) -> int: ...
 
 
+@runtime_checkable
+class BatchKeyState(Protocol):
+    """A ``KeyState`` that answers many lookups at once (one query instead of one per key);
+    the chain uses it where a state has it."""
+
+    def contains_many(self, keys: Sequence[int]) -> list[bool]: ...
+
+
+def contains_many(state: KeyState, keys: Sequence[int]) -> list[bool]:
+    """``[k in state for k in keys]``, in one batch where the state supports it; each distinct
+    key is looked up once."""
+    distinct = list(dict.fromkeys(keys))
+    if isinstance(state, BatchKeyState):
+        found = state.contains_many(distinct)
+    else:
+        found = [key in state for key in distinct]
+    known = dict(zip(distinct, found, strict=True))
+    return [known[key] for key in keys]
+
+
 class KeySet:
     """In-memory ``KeyState``: committed keys in a sorted ``uint64`` array (plus a small set of
     recent commits), tentative keys in a set, oldest keys evicted past ``max_entries``."""
@@ -126,8 +181,17 @@ class KeySet:
     def __contains__(self, key: int) -> bool:
         if key in self._pending or key in self._recent:
             return True
-        i = int(np.searchsorted(self._sorted, np.uint64(key)))
+        i = int(self._sorted.searchsorted(np.uint64(key)))  # the method: half the np. call
         return i < len(self._sorted) and int(self._sorted[i]) == key
+
+    def contains_many(self, keys: Sequence[int]) -> list[bool]:
+        """``[k in self for k in keys]`` with one binary search over all of them (a numpy call
+        per key cost 4 us)."""
+        committed = _member(self._sorted, np.fromiter(keys, dtype=np.uint64, count=len(keys)))
+        return [
+            found or key in self._pending or key in self._recent
+            for key, found in zip(keys, committed.tolist(), strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self._sorted) + len(self._recent)
@@ -210,76 +274,84 @@ def _member(
     return np.asarray(sorted_keys[idx] == keys)
 
 
-class _KeyCache:
-    """The chain checks a candidate, re-checks it and records it: remember its key (a SHA-256
-    over the normalised texts, the costly part) by identity, holding the candidate so its id is
-    not reused while cached."""
+class _KeyFilter(ABC):
+    """Exact and event dedup: a candidate's 64-bit key looked up in a ``KeyState``."""
 
-    def __init__(self, compute: Callable[[Candidate], int]) -> None:
-        self._compute = compute
-        self._cache: dict[int, tuple[Candidate, int]] = {}
-
-    def __call__(self, candidate: Candidate) -> int:
-        hit = self._cache.get(id(candidate))
-        if hit is not None and hit[0] is candidate:
-            return hit[1]
-        if len(self._cache) >= _KEY_CACHE:
-            self._cache.clear()
-        key = self._compute(candidate)
-        self._cache[id(candidate)] = (candidate, key)
-        return key
-
-
-class ExactDedupFilter:
-    """Rejects a candidate whose ``pair_id`` was already accepted (``duplicate``)."""
-
-    name = "dedup"
+    name: str
 
     def __init__(self, *, state: KeyState) -> None:
         self.state = state
-        self.key = _KeyCache(self.pair_key)
 
-    @staticmethod
-    def pair_key(candidate: Candidate) -> int:
-        return key_int(pair_id(candidate.prompt, candidate.chosen, candidate.rejected))
+    @abstractmethod
+    def key(self, candidate: Candidate) -> int: ...
+
+    @abstractmethod
+    def duplicate(self, candidate: Candidate) -> Verdict:
+        """The rejection of a candidate whose key is known."""
 
     def check(self, candidate: Candidate) -> Verdict:
         if self.key(candidate) in self.state:
-            return Verdict.reject(candidate, DUPLICATE, "same pair_id already accepted")
+            return self.duplicate(candidate)
         return Verdict.accept(candidate)
 
     def record(self, candidate: Candidate) -> None:
         self.state.add(self.key(candidate))
 
+    def batch(self, candidates: Sequence[Candidate]) -> _KeyBatch:
+        return _KeyBatch(self, candidates)
 
-class EventDedupFilter:
+
+class _KeyBatch:
+    """One ``run_many`` call's dedup work: each key computed once and looked up in one batch.
+    Until commit or rollback the state changes only by this call's records, so a re-check
+    asks the keys recorded here rather than the state (a SQLite query per key in production)."""
+
+    def __init__(self, dedup: _KeyFilter, candidates: Sequence[Candidate]) -> None:
+        self._dedup = dedup
+        self._candidates = candidates
+        self._keys = [dedup.key(c) for c in candidates]
+        self._known = contains_many(dedup.state, self._keys)
+        self._recorded: set[int] = set()
+
+    def check(self, i: int) -> Verdict | None:
+        return self._dedup.duplicate(self._candidates[i]) if self._known[i] else None
+
+    def recheck(self, i: int) -> Verdict | None:
+        # Only called for candidates ``check`` passed: their key was not in the state before.
+        if self._keys[i] in self._recorded:
+            return self._dedup.duplicate(self._candidates[i])
+        return None
+
+    def record(self, i: int) -> None:
+        self._recorded.add(self._keys[i])
+        self._dedup.state.add(self._keys[i])
+
+
+class ExactDedupFilter(_KeyFilter):
+    """Rejects a candidate whose ``pair_id`` was already accepted (``duplicate``)."""
+
+    name = "dedup"
+
+    def key(self, candidate: Candidate) -> int:
+        return _digest_key(_pair_blob(candidate.prompt, candidate.chosen, candidate.rejected))
+
+    def duplicate(self, candidate: Candidate) -> Verdict:
+        return Verdict.reject(candidate, DUPLICATE, "same pair_id already accepted")
+
+
+class EventDedupFilter(_KeyFilter):
     """Rejects a second candidate from the same event and pair identity (``duplicate_event``):
     a client retry reaches the dataset, the caps and the audit counts once."""
 
     name = "event_dedup"
 
-    def __init__(self, *, state: KeyState) -> None:
-        self.state = state
-        self.key = _KeyCache(self.event_key)
-
-    @staticmethod
-    def event_key(candidate: Candidate) -> int:
-        return key_int(
-            event_key(
-                candidate.event_id,
-                candidate.source,
-                candidate.run_id,
-                candidate.chosen_run_id,
-                candidate.rejected_run_id,
-            )
+    def key(self, candidate: Candidate) -> int:
+        c = candidate
+        return _digest_key(
+            _event_blob(c.event_id, c.source, c.run_id, c.chosen_run_id, c.rejected_run_id)
         )
 
-    def check(self, candidate: Candidate) -> Verdict:
-        if self.key(candidate) in self.state:
-            return Verdict.reject(
-                candidate, DUPLICATE_EVENT, f"event {candidate.event_id} already accepted"
-            )
-        return Verdict.accept(candidate)
-
-    def record(self, candidate: Candidate) -> None:
-        self.state.add(self.key(candidate))
+    def duplicate(self, candidate: Candidate) -> Verdict:
+        return Verdict.reject(
+            candidate, DUPLICATE_EVENT, f"event {candidate.event_id} already accepted"
+        )

@@ -16,7 +16,7 @@ Policy ``redact`` replaces each finding with ``[KIND]`` and passes the rewritten
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -107,6 +107,9 @@ _TOKEN_HINTS = (
     "github_pat_", "xox", "sk-",
 )  # fmt: skip
 _ASSIGNMENT_HINTS = ("key", "secret", "token", "passw", "pwd")
+# Each list as one alternation of literals: one scan instead of one per hint (half the time).
+_TOKEN_HINT = re.compile("|".join(map(re.escape, _TOKEN_HINTS)))
+_ASSIGNMENT_HINT = re.compile("|".join(_ASSIGNMENT_HINTS))
 # Every digit-bearing kind (card, national id, IP, phone) lies on a run of digits and
 # separators. The detectors run only on those runs plus a little context on each side (enough
 # for "AB " before a NINO, "+" or "(" before a phone, and the look-arounds): a regex scan of the
@@ -160,13 +163,14 @@ def _ips(text: str) -> Iterable[tuple[int, int]]:
 
 
 def _secrets(text: str) -> Iterable[tuple[int, int]]:
-    if any(h in text for h in _TOKEN_HINTS):
+    if _TOKEN_HINT.search(text):
         yield from (m.span() for m in _SECRETS.finditer(text))
-    if ("=" in text or ":" in text) and any(h in text.lower() for h in _ASSIGNMENT_HINTS):
+    if ("=" in text or ":" in text) and _ASSIGNMENT_HINT.search(text.lower()):
         yield from (m.span("value") for m in _ASSIGNED_SECRET.finditer(text))
 
 
 _Detect = Callable[[str], Iterable[tuple[int, int]]]
+_Redact = Callable[[str], tuple[str, list[PiiFinding]]]
 # (start, end, digits in it) of a window around digit runs.
 _Window = tuple[int, int, int]
 
@@ -179,7 +183,7 @@ def _digit_windows(text: str) -> list[_Window]:
         start = max(0, m.start() - _WINDOW_CONTEXT)
         end = min(len(text), m.end() + _WINDOW_CONTEXT)
         run = m.group()
-        digits = len(run) - sum(run.count(sep) for sep in _RUN_SEPARATORS)
+        digits = len(run) - sum(map(run.count, _RUN_SEPARATORS))
         if windows and start <= windows[-1][1]:
             windows[-1] = (windows[-1][0], end, windows[-1][2] + digits)
         else:
@@ -228,8 +232,11 @@ class PiiDetector:
 
     def find(self, text: str) -> list[PiiFinding]:
         windows = _digit_windows(text)
+        most_digits = max((digits for _, _, digits in windows), default=0)
         findings: list[PiiFinding] = []
         for kind, detect, min_digits in self._detectors:
+            if min_digits > most_digits:
+                continue  # no window holds enough digits for this kind: the common case
             spans = _in_windows(detect, text, windows, min_digits) if min_digits else detect(text)
             for start, end in spans:
                 if not any(start < f.end and f.start < end for f in findings):
@@ -269,20 +276,38 @@ class PiiFilter:
         self.detector = PiiDetector(kinds=kinds)
 
     def check(self, candidate: Candidate) -> Verdict:
+        return self._check(candidate, self.detector.redact)
+
+    def check_many(self, candidates: Sequence[Candidate]) -> list[Verdict]:
+        """``check`` of each candidate; a text the call has already seen (a shared prompt, a
+        run's answer rejected by several pairs) is not scanned again."""
+        seen: dict[str, tuple[str, list[PiiFinding]]] = {}
+
+        def redact(text: str) -> tuple[str, list[PiiFinding]]:
+            hit = seen.get(text)
+            if hit is None:
+                hit = seen[text] = self.detector.redact(text)
+            return hit
+
+        return [self._check(c, redact) for c in candidates]
+
+    def _check(self, candidate: Candidate, redact: _Redact) -> Verdict:
         if self.policy == "reject":
-            kinds = self._kinds_in(candidate)
+            texts = [candidate.chosen, candidate.rejected]
+            texts.extend(m.get("content", "") for m in candidate.prompt)
+            kinds = {f.kind for text in texts for f in redact(text)[1]}
             if kinds:
                 return Verdict.reject(candidate, PII, "kinds=" + ",".join(sorted(kinds)))
             return Verdict.accept(candidate)
         kinds = set()
-        chosen, found = self.detector.redact(candidate.chosen)
+        chosen, found = redact(candidate.chosen)
         kinds.update(f.kind for f in found)
-        rejected, found = self.detector.redact(candidate.rejected)
+        rejected, found = redact(candidate.rejected)
         kinds.update(f.kind for f in found)
         prompt: list[Mapping[str, str]] = []
         prompt_changed = False
         for message in candidate.prompt:
-            content, found = self.detector.redact(message.get("content", ""))
+            content, found = redact(message.get("content", ""))
             if found:
                 kinds.update(f.kind for f in found)
                 prompt_changed = True
@@ -295,8 +320,3 @@ class PiiFilter:
             redacted = replace(redacted, prompt=tuple(prompt))
         verdict = Verdict.accept(redacted)
         return replace(verdict, detail="redacted=" + ",".join(sorted(kinds)))
-
-    def _kinds_in(self, candidate: Candidate) -> set[str]:
-        texts = [candidate.chosen, candidate.rejected]
-        texts.extend(m.get("content", "") for m in candidate.prompt)
-        return {f.kind for text in texts for f in self.detector.find(text)}
