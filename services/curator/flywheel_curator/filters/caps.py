@@ -67,10 +67,14 @@ class CapState:
         return self._committed.get(key, 0) + self._pending.get(key, 0)
 
     def add(self, event_time: datetime, tenant: str, user: str | None) -> None:
-        window = self.window_of(event_time)
-        self._pending[(window, tenant, None)] += 1
+        self.add_in(self.window_of(event_time), tenant, user)
+
+    def add_in(self, window: int, tenant: str, user: str | None) -> None:
+        """``add`` for a candidate whose ``window_of`` the caller has."""
+        pending = self._pending
+        pending[(window, tenant, None)] = pending.get((window, tenant, None), 0) + 1
         if user is not None:
-            self._pending[(window, tenant, user)] += 1
+            pending[(window, tenant, user)] = pending.get((window, tenant, user), 0) + 1
 
     def commit(self) -> None:
         newest = max((w for w, _, _ in self._pending), default=self._newest)
@@ -161,15 +165,20 @@ class _CapBatch:
         self._users = [caps.user_key(c) for c in candidates]
         self._recorded: set[tuple[int, str]] = set()
 
-    def check(self, i: int) -> Verdict | None:
-        return self._caps.over_cap(self._candidates[i], self._windows[i], self._users[i])
+    def checks(self) -> list[Verdict | None]:
+        over_cap = self._caps.over_cap
+        return [
+            over_cap(c, window, user)
+            for c, window, user in zip(self._candidates, self._windows, self._users, strict=True)
+        ]
 
     def recheck(self, i: int) -> Verdict | None:
-        if (self._windows[i], self._candidates[i].tenant) not in self._recorded:
+        candidate = self._candidates[i]
+        if (self._windows[i], candidate.tenant) not in self._recorded:
             return None
-        return self.check(i)
+        return self._caps.over_cap(candidate, self._windows[i], self._users[i])
 
     def record(self, i: int) -> None:
         candidate = self._candidates[i]
         self._recorded.add((self._windows[i], candidate.tenant))
-        self._caps.state.add(candidate.event_time, candidate.tenant, self._users[i])
+        self._caps.state.add_in(self._windows[i], candidate.tenant, self._users[i])

@@ -51,14 +51,14 @@ class BatchFilter(Protocol):
 
 
 class StatefulBatch(Protocol):
-    """A stateful filter's work on one ``run_many`` call, by index into its candidates. Each
-    method gives the rejection, or None for a plain pass."""
+    """A stateful filter's work on one ``run_many`` call, by index into its candidates. A
+    check gives the rejection, or None for a plain pass."""
 
-    def check(self, i: int) -> Verdict | None:
-        """Against the state as the call found it."""
+    def checks(self) -> Sequence[Verdict | None]:
+        """Every candidate against the state as the call found it."""
 
     def recheck(self, i: int) -> Verdict | None:
-        """Against the state with this call's records so far; only for candidates ``check``
+        """Against the state with this call's records so far; only for candidates ``checks``
         passed."""
 
     def record(self, i: int) -> None:
@@ -180,8 +180,7 @@ class FilterChain:
         passed = [v.candidate for v in verdicts]
         batches = [f.batch(passed) for f in self.stateful]
         for batch in batches:
-            for i in range(len(verdicts)):
-                found = batch.check(i)
+            for i, found in enumerate(batch.checks()):
                 if found is not None:
                     verdicts[i] = _merge(verdicts[i], found)
         if self.toxicity is not None:

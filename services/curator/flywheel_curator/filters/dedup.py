@@ -196,16 +196,15 @@ class KeySet:
     def __len__(self) -> int:
         return len(self._sorted) + len(self._recent)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     def add(self, key: int) -> None:
-        if key not in self:
+        # Whether it is in the sorted array already is settled at commit, for the whole batch
+        # in one search (a search per key was most of the cost of recording).
+        if key not in self._recent:
             self._pending[key] = None
 
     def commit(self) -> None:
-        self._recent.update(self._pending)
+        keys = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
+        self._recent.update(dict.fromkeys(keys[~_member(self._sorted, keys)].tolist()))
         self._pending.clear()
         # Eviction waits for the next merge: memory stays within 1.125 x max_entries.
         if len(self._recent) >= self._merge_chunk:
@@ -313,11 +312,15 @@ class _KeyBatch:
         self._known = contains_many(dedup.state, self._keys)
         self._recorded: set[int] = set()
 
-    def check(self, i: int) -> Verdict | None:
-        return self._dedup.duplicate(self._candidates[i]) if self._known[i] else None
+    def checks(self) -> list[Verdict | None]:
+        duplicate = self._dedup.duplicate
+        return [
+            duplicate(c) if known else None
+            for c, known in zip(self._candidates, self._known, strict=True)
+        ]
 
     def recheck(self, i: int) -> Verdict | None:
-        # Only called for candidates ``check`` passed: their key was not in the state before.
+        # Only called for candidates ``checks`` passed: their key was not in the state before.
         if self._keys[i] in self._recorded:
             return self._dedup.duplicate(self._candidates[i])
         return None

@@ -362,7 +362,7 @@ class NearDupFilter:
         return candidate.feature if self.scope == "feature" else ""
 
     def check(self, candidate: Candidate) -> Verdict:
-        found = self.batch([candidate]).check(0)
+        found = self.batch([candidate]).checks()[0]
         return found if found is not None else Verdict.accept(candidate)
 
     def record(self, candidate: Candidate) -> None:
@@ -372,6 +372,7 @@ class NearDupFilter:
         return _NearDupBatch(self, candidates)
 
     def near_duplicate(self, candidate: Candidate, score: float) -> Verdict | None:
+        """The rejection of a candidate whose best score reaches the threshold, else None."""
         if score >= self.index.threshold:
             return Verdict.reject(
                 candidate,
@@ -398,8 +399,10 @@ class _NearDupBatch:
         self._scores = index.query_many(self._scopes, self._sigs, self._keys)
         self._linked: set[int] = set()
 
-    def check(self, i: int) -> Verdict | None:
-        return self._near_dup.near_duplicate(self._candidates[i], self._scores[i])
+    def checks(self) -> list[Verdict | None]:
+        near_duplicate = self._near_dup.near_duplicate
+        scored = zip(self._candidates, self._scores, strict=True)
+        return [near_duplicate(c, score) for c, score in scored]
 
     def recheck(self, i: int) -> Verdict | None:
         # Only the buckets this call linked can raise the score; the full query is only for

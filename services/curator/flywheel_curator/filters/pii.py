@@ -16,7 +16,7 @@ Policy ``redact`` replaces each finding with ``[KIND]`` and passes the rewritten
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -179,11 +179,14 @@ def _digit_windows(text: str) -> list[_Window]:
     """Merged spans around the digit runs of ``text`` with their digit counts (empty when it
     has no digit)."""
     windows: list[_Window] = []
+    size = len(text)
     for m in _DIGIT_RUN.finditer(text):
-        start = max(0, m.start() - _WINDOW_CONTEXT)
-        end = min(len(text), m.end() + _WINDOW_CONTEXT)
+        run_start, run_end = m.span()
+        start = max(0, run_start - _WINDOW_CONTEXT)
+        end = min(size, run_end + _WINDOW_CONTEXT)
         run = m.group()
-        digits = len(run) - sum(map(run.count, _RUN_SEPARATORS))
+        # isdecimal: a run of digits only (most are), whose length is its digit count.
+        digits = len(run) if run.isdecimal() else len(run) - sum(map(run.count, _RUN_SEPARATORS))
         if windows and start <= windows[-1][1]:
             windows[-1] = (windows[-1][0], end, windows[-1][2] + digits)
         else:
@@ -232,7 +235,7 @@ class PiiDetector:
 
     def find(self, text: str) -> list[PiiFinding]:
         windows = _digit_windows(text)
-        most_digits = max((digits for _, _, digits in windows), default=0)
+        most_digits = max([digits for _, _, digits in windows], default=0)
         findings: list[PiiFinding] = []
         for kind, detect, min_digits in self._detectors:
             if min_digits > most_digits:
@@ -292,31 +295,20 @@ class PiiFilter:
         return [self._check(c, redact) for c in candidates]
 
     def _check(self, candidate: Candidate, redact: _Redact) -> Verdict:
+        chosen, in_chosen = redact(candidate.chosen)
+        rejected, in_rejected = redact(candidate.rejected)
+        contents = [redact(m.get("content", "")) for m in candidate.prompt]
+        if not (in_chosen or in_rejected or any(found for _, found in contents)):
+            return Verdict.accept(candidate)  # the common case
+        found_lists = [in_chosen, in_rejected, *(found for _, found in contents)]
+        kinds = ",".join(sorted({f.kind for found in found_lists for f in found}))
         if self.policy == "reject":
-            texts = [candidate.chosen, candidate.rejected]
-            texts.extend(m.get("content", "") for m in candidate.prompt)
-            kinds = {f.kind for text in texts for f in redact(text)[1]}
-            if kinds:
-                return Verdict.reject(candidate, PII, "kinds=" + ",".join(sorted(kinds)))
-            return Verdict.accept(candidate)
-        kinds = set()
-        chosen, found = redact(candidate.chosen)
-        kinds.update(f.kind for f in found)
-        rejected, found = redact(candidate.rejected)
-        kinds.update(f.kind for f in found)
-        prompt: list[Mapping[str, str]] = []
-        prompt_changed = False
-        for message in candidate.prompt:
-            content, found = redact(message.get("content", ""))
-            if found:
-                kinds.update(f.kind for f in found)
-                prompt_changed = True
-                message = {**message, "content": content}
-            prompt.append(message)
-        if not kinds:
-            return Verdict.accept(candidate)
+            return Verdict.reject(candidate, PII, f"kinds={kinds}")
         redacted = candidate.with_texts(chosen=chosen, rejected=rejected)
-        if prompt_changed:
-            redacted = replace(redacted, prompt=tuple(prompt))
-        verdict = Verdict.accept(redacted)
-        return replace(verdict, detail="redacted=" + ",".join(sorted(kinds)))
+        if any(found for _, found in contents):
+            prompt = tuple(
+                {**message, "content": content} if found else message
+                for message, (content, found) in zip(candidate.prompt, contents, strict=True)
+            )
+            redacted = replace(redacted, prompt=prompt)
+        return replace(Verdict.accept(redacted), detail=f"redacted={kinds}")
