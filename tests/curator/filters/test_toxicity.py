@@ -77,6 +77,26 @@ def test_profanity_check_scores_insults_not_prose() -> None:
     assert scorer.score_many([]) == []
 
 
+def test_profanity_check_fast_matrix_scores_as_the_vectoriser_does() -> None:
+    import random
+
+    scorer = ProfanityCheckScorer()
+    assert scorer._terms is not None, "the fast term matrix should apply to profanity_check"
+    rng = random.Random(11)
+    words = ["fuck", "SHIT", "idiot", "the", "and", "İstanbul", "ǅ", "straße", "_", "a", "ab"]
+    words += ["x1", "日本語", "naïve", "🎉", "STUPID", "you're", "2024-01-15", "e\u0301"]
+    texts = ["", "   ", "Open Settings, choose Security, then click Reset password."]
+    texts += [
+        "".join(rng.choice(words) + rng.choice([" ", "", ",", "\n", "-"]) for _ in range(n))
+        for n in range(60)
+    ]
+    model, vectorizer = scorer._model, scorer._vectorizer
+    expected = model.predict_proba(vectorizer.transform(texts))[:, 1].tolist()
+    assert list(scorer.score_many(texts)) == expected
+    # A text scores the same whatever its batch.
+    assert list(scorer.score_many(texts[::3])) == expected[::3]
+
+
 def test_absolute_threshold(make_candidate: MakeCandidate) -> None:
     f = tox(TableScorer({"bad": 0.9, "edge": 0.5, "under": 0.49, "x": 0.99}))
     assert f.check(make_candidate(chosen="bad", rejected="x")).reasons == (TOXIC_CHOSEN,)
