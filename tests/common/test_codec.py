@@ -125,6 +125,36 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "detail": "not Avro single-object encoding",
         "component": "curator",
     },
+    "PairingFact": {
+        "fact_id": "kept:run-2",
+        "kind": "kept",
+        "key": "run-1",
+        "tenant": "acme",
+        "ts": 1_795_000_000_000,
+        "polarity": 0,
+        "run": {
+            "run_id": "run-2",
+            "event_id": "6f1c3c52-3a9e-4c38-9d69-0b1e0f6a3b11",
+            "tenant": "acme",
+            "feature": "summarize",
+            "prompt": [{"role": "user", "content": "Résumé the meeting 🚀"}],
+            "response": "Ship on Friday.",
+            "event_time_ms": 1_795_000_000_000,
+            "model": "m",
+            "model_version": None,
+            "user_id": "u-1",
+            "parent_run_id": "run-1",
+        },
+        "signal": {
+            "event_id": "0b7f3a1e-8f1e-4c8e-a3a5-2c3f3c0f6e12",
+            "kind": "copy",
+            "occurred_at": 1_795_000_000_500,
+            "user_id": "u-1",
+        },
+        "origin_topic": "flywheel.feedback.v1",
+        "origin_partition": 1,
+        "origin_offset": 77,
+    },
 }
 
 

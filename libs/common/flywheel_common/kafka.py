@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from flywheel_common.errors import BrokerUnavailableError, ConfigError
+from flywheel_common.partitioner import KAFKA_PARTITIONER
 from flywheel_common.settings import KafkaSettings
 
 __all__ = [
@@ -65,6 +66,9 @@ def producer_config(
             "delivery.timeout.ms": delivery_timeout_ms,
             "queue.buffering.max.messages": queue_max_messages,
             "compression.type": "lz4",
+            # The Java client's default: keys land where any other Kafka producer puts them,
+            # and where ``partitioner.partition_for`` computes (the curator routes by it).
+            "partitioner": KAFKA_PARTITIONER,
         }
     )
     if profile == "transactional":

@@ -12,8 +12,9 @@ EventType = Literal["run", "feedback", "edit"]
 
 
 class Topics(BaseModel):
-    """The five topics. Every topic is created with the same partition count and keyed by run_id
-    (gold by table name), so a run and its feedback and edits share a partition."""
+    """The five topics of DESIGN.md plus the curator's internal ``pairing`` topic. Every topic
+    is created with the same partition count and keyed by run_id (gold by table name, pairing
+    by the key two runs are paired on), so a run and its feedback and edits share a partition."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -22,6 +23,9 @@ class Topics(BaseModel):
     edits: str = "flywheel.edits.v1"
     gold: str = "flywheel.gold.v1"
     dlq: str = "flywheel.dlq.v1"
+    # Curator-internal: facts about a run routed to where the run it pairs with is joined
+    # (a regeneration's parent, a rating's prompt); see flywheel_curator.facts.
+    pairing: str = "flywheel.curator.pairing.v1"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -33,10 +37,11 @@ class Topics(BaseModel):
             edits=f"{prefix}.{d.edits}",
             gold=f"{prefix}.{d.gold}",
             dlq=f"{prefix}.{d.dlq}",
+            pairing=f"{prefix}.{d.pairing}",
         )
 
     def all(self) -> tuple[str, ...]:
-        return (self.runs, self.feedback, self.edits, self.gold, self.dlq)
+        return (self.runs, self.feedback, self.edits, self.gold, self.dlq, self.pairing)
 
     def for_event(self, event_type: EventType) -> str:
         return {"run": self.runs, "feedback": self.feedback, "edit": self.edits}[event_type]
