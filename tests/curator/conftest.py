@@ -91,22 +91,30 @@ class EventProducer:
         self.settings = settings
         self.producer: Producer = make_producer(settings, linger_ms=2)
         self.delivered: list[Coord] = []
+        self.coord_of: dict[str, Coord] = {}  # event_id -> where it landed
         self.errors: list[str] = []
 
-    def _cb(self, err: Any, msg: Any) -> None:
+    def _cb(self, err: Any, msg: Any, event_id: str | None = None) -> None:
         if err is not None:
             self.errors.append(str(err))
         else:
-            self.delivered.append((msg.topic(), msg.partition(), msg.offset()))
+            coord = (msg.topic(), msg.partition(), msg.offset())
+            self.delivered.append(coord)
+            if event_id is not None:
+                self.coord_of[event_id] = coord
 
     def send(self, event_type: str, record: Mapping[str, Any]) -> None:
         value = CODEC.encode(NAMES[event_type], record)
-        self.send_raw(self.settings.topics.for_event(event_type), record["run_id"], value)  # type: ignore[arg-type]
+        topic = self.settings.topics.for_event(event_type)  # type: ignore[arg-type]
+        self.send_raw(topic, record["run_id"], value, event_id=record["event_id"])
 
-    def send_raw(self, topic: str, key: str, value: bytes) -> None:
+    def send_raw(self, topic: str, key: str, value: bytes, *, event_id: str | None = None) -> None:
+        def cb(err: Any, msg: Any) -> None:
+            self._cb(err, msg, event_id)
+
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key.encode(), on_delivery=self._cb)
+                self.producer.produce(topic, value=value, key=key.encode(), on_delivery=cb)
                 break
             except BufferError:
                 self.producer.poll(0.05)

@@ -11,13 +11,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from flywheel_common.partitioner import partition_for
 from flywheel_common.settings import KafkaSettings
 
 from tests.curator.conftest import (
     EventProducer,
     coords,
     edit_event,
+    feedback_event,
     read_table,
+    run_event,
     settings_for,
     spawn,
     wait_until,
@@ -94,3 +97,69 @@ def test_rebalance_and_sigstop_zombie(kafka_settings: KafkaSettings, tmp_path: P
     duplicated = {c: n for c, n in counts.items() if n > 1}
     assert not duplicated, f"{len(duplicated)} rows written twice"
     assert set(counts) == edits
+
+
+def _keys_on(partition: int, n: int, partitions: int) -> list[str]:
+    keys: list[str] = []
+    while len(keys) < n:
+        key = str(uuid.uuid4())
+        if partition_for(key, partitions) == partition:
+            keys.append(key)
+    return keys
+
+
+@pytest.mark.slow
+def test_pairs_across_two_processes(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """A regeneration and its parent, or two ratings of one prompt, in partitions owned by two
+    different curator processes still make exactly one pair each."""
+    lake = tmp_path / "lake"
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    a = spawn(settings_for(kafka_settings, lake, tmp_path / "a", group=group), a_log, **ENV)
+    b = spawn(settings_for(kafka_settings, lake, tmp_path / "b", group=group), b_log, **ENV)
+    n, parts = 6, kafka_settings.partitions
+    # With range assignment over 3 partitions, partitions 0 and 2 always go to different members.
+    first, last = _keys_on(0, 2 * n, parts), _keys_on(parts - 1, 2 * n, parts)
+    try:
+        wait_until(
+            lambda: _assignments(a_log) >= 1 and _assignments(b_log) >= 1,
+            timeout=60,
+            what="both assigned",
+        )
+        time.sleep(3)  # let the group settle into its final assignment
+        p = EventProducer(kafka_settings)
+        want: set[tuple[str, str, str]] = set()
+        for i in range(n):
+            # Regenerations: the parent on one side, the kept child on the other, both ways.
+            parent, child = (first[i], last[i]) if i % 2 else (last[i], first[i])
+            p.send("run", run_event(parent, response=f"Costs went up in quarter {i}, as feared."))
+            kept = f"Revenue rose in quarter {i}; costs rose a little less than revenue."
+            p.send("run", run_event(child, response=kept, parent_run_id=parent))
+            p.send("feedback", feedback_event(child, "accept"))
+            want.add(("regenerate", child, parent))
+            # Opposite ratings of one prompt, one on each side.
+            up, down = (first[n + i], last[n + i]) if i % 2 else (last[n + i], first[n + i])
+            prompt = f"Explain partition {i} of the topic."
+            p.send("run", run_event(up, prompt=prompt, response=f"Partition {i} orders keys."))
+            p.send("run", run_event(down, prompt=prompt, response=f"Partition {i} is a fish."))
+            p.send("feedback", feedback_event(up, "rating", 5.0))
+            p.send("feedback", feedback_event(down, "rating", 1.0))
+            want.add(("paired_outcome", up, down))
+        p.flush()
+
+        def pairs() -> list[tuple[str, str, str]] | None:
+            rows = read_table(lake, "dpo_pairs")
+            got = [(r["source"], r["chosen_run_id"], r["rejected_run_id"]) for r in rows]
+            return got if len(got) >= len(want) else None
+
+        got = wait_until(pairs, timeout=90, interval=0.5, what="every pair")
+        time.sleep(2)  # anything written twice would show up by now
+        got = pairs() or got
+    finally:
+        for proc in (a, b):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (a, b):
+            assert proc.wait(60) == 0
+    assert sorted(got) == sorted(want)
+    assert _assignments(a_log) >= 1 and _assignments(b_log) >= 1
+    assert not read_table(lake, "rejected_candidates")

@@ -10,6 +10,7 @@ from pathlib import Path
 from deltalake import DeltaTable
 from flywheel_common.codec import AvroCodec
 from flywheel_common.lake import txn_app_id
+from flywheel_common.partitioner import partition_for
 from flywheel_common.settings import KafkaSettings
 
 from tests.curator.conftest import (
@@ -53,13 +54,12 @@ def test_each_source_accepts_and_rejects(
     p.send("run", run_event(r3))
     p.send("run", run_event(r4))
     p.send("feedback", feedback_event(r4, "rating", 1.0, correction="x!"))
-    # regenerate: parent run, child run (parent_run_id), the child is copied. The parent's
-    # run_id is the child's partition key here so both land in one partition.
-    parent = str(uuid.uuid4())
+    # regenerate: parent run, child run (parent_run_id), the child is copied. Each is keyed by
+    # its own run_id, so they land in two partitions and meet through the pairing topic.
+    parent, child = _on_two_partitions(kafka_settings.partitions)
     p.send("run", run_event(parent, response="Costs went up. The quarter was fine overall."))
-    child_record = run_event(parent + "-regen", response=KEPT, parent_run_id=parent)
-    p.send("run", child_record)
-    p.send("feedback", feedback_event(parent + "-regen", "copy"))
+    p.send("run", run_event(child, response=KEPT, parent_run_id=parent))
+    p.send("feedback", feedback_event(child, "copy"))
     # paired outcome: same prompt and feature, one up and one down (inline runs, no join).
     prompt = "Write a haiku about Kafka partitions."
     up, down = str(uuid.uuid4()), str(uuid.uuid4())
@@ -103,8 +103,30 @@ def test_each_source_accepts_and_rejects(
     rejected = {r["source"]: r["reasons"] for r in read_table(lake, "rejected_candidates")}
     assert "too_similar" in rejected["edit"]
     assert "too_dissimilar" in rejected["correction"]
-    # Regenerate and paired outcome are joined within the partition that holds both sides.
-    wait_until(lambda: {"regenerate", "paired_outcome"} & set(_sources(lake)), what="regenerate")
+    wait_until(
+        lambda: {"regenerate", "paired_outcome"} <= set(_sources(lake)),
+        what="regenerate and paired outcome",
+    )
+    pairs = {r["source"]: r for r in read_table(lake, "dpo_pairs")}
+    assert (pairs["regenerate"]["chosen_run_id"], pairs["regenerate"]["rejected_run_id"]) == (
+        child,
+        parent,
+    )
+    assert (
+        pairs["paired_outcome"]["chosen_run_id"],
+        pairs["paired_outcome"]["rejected_run_id"],
+    ) == (
+        up,
+        down,
+    )
+    assert _sources(lake) == {"edit": 1, "correction": 1, "regenerate": 1, "paired_outcome": 1}
+
+
+def _on_two_partitions(partitions: int) -> tuple[str, str]:
+    while True:
+        a, b = str(uuid.uuid4()), str(uuid.uuid4())
+        if partition_for(a, partitions) != partition_for(b, partitions):
+            return a, b
 
 
 def test_undecodable_and_invalid_go_to_the_dlq(

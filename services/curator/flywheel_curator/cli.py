@@ -25,8 +25,9 @@ from flywheel_common.settings import LakeSettings
 from flywheel_common.topics import EventType
 
 from flywheel_curator.candidate import KafkaOrigin
+from flywheel_curator.facts import LoopbackFacts
 from flywheel_curator.joins import JoinStore
-from flywheel_curator.pipeline import build_pipeline
+from flywheel_curator.pipeline import Pipeline, build_pipeline
 from flywheel_curator.settings import CuratorSettings, StartSettings
 from flywheel_curator.sink import COMMIT_ORDER, DeltaSink
 from flywheel_curator.sources import validate
@@ -64,7 +65,9 @@ def _curate(args: argparse.Namespace) -> int:
     settings = base.model_copy(update=update)
     configure_logging("WARNING", settings.logging.format)
     store = JoinStore(args.state, identity=f"file|{settings.filters.config_hash()}")
-    pipeline = build_pipeline(settings, store)
+    facts = LoopbackFacts()
+    pipeline = build_pipeline(settings, store, facts=facts)
+    fed = _FactFeeder(pipeline, facts, source=f"pairing:{args.input.name}")
     sink = DeltaSink(settings.lake, group="curate") if args.lake else None
     if sink is not None:
         sink.ensure_tables()
@@ -80,10 +83,13 @@ def _curate(args: argparse.Namespace) -> int:
             print(f"{args.input}:{line_no + 1}: {reason}: {detail}", file=sys.stderr)
             continue
         pipeline.process(event_type, record, KafkaOrigin(source, 0, line_no))
+        fed.feed()
         pending += 1
         if pending >= _FILE_BATCH:
+            fed.fire_timers()
             _write(pipeline, sink, store, written)
             pending = 0
+    fed.fire_timers()
     pipeline.expire()
     _write(pipeline, sink, store, written)
     store.close()
@@ -91,6 +97,26 @@ def _curate(args: argparse.Namespace) -> int:
     summary["written"] = written if sink is not None else None
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
+
+
+class _FactFeeder:
+    """Feeds pairing facts straight back into the pipeline: a file has one reader, which is
+    also where every fact would be routed."""
+
+    def __init__(self, pipeline: Pipeline, facts: LoopbackFacts, *, source: str) -> None:
+        self._pipeline = pipeline
+        self._facts = facts
+        self._source = source
+        self._next = 0
+
+    def feed(self) -> None:
+        for fact in self._facts.take():
+            self._pipeline.process_fact(fact, KafkaOrigin(self._source, 0, self._next))
+            self._next += 1
+
+    def fire_timers(self) -> None:
+        self._pipeline.fire_timers()
+        self.feed()
 
 
 def _write(

@@ -1,4 +1,5 @@
-"""The curator's consume → curate → commit loop over runs, feedback and edits.
+"""The curator's consume → curate → commit loop over runs, feedback, edits and the internal
+pairing topic (``facts.py``).
 
 Exactly once, in short:
 
@@ -8,9 +9,11 @@ Exactly once, in short:
    ``dpo_pairs`` txn version *D* (next offset committed to all tables) and the state store's
    applied offset *S* ≤ *D*. The consumer seeks to *S* and re-applies [S, D) to the state;
    rows re-derived there are skipped for any table whose txn already covers all of their
-   ingredients.
-3. A micro-batch commits to Delta first (``sink.py``, fenced against zombies), then the state
-   store, then — as a convenience only — the Kafka offsets.
+   ingredients. Until every partition is back at *D*, messages past it wait (``gate.py``).
+3. A micro-batch first flushes the pairing facts it produced, then commits to Delta
+   (``sink.py``, fenced against zombies), then the state store, then — as a convenience only —
+   the Kafka offsets. Facts are therefore durable before the offsets that made them count as
+   consumed; a replay re-sends them with the same ids and the receiver counts them once.
 4. A failed or fenced commit drops the batch, rolls the state back and re-seeks from the lake.
 """
 
@@ -36,12 +39,15 @@ from confluent_kafka import (
 )
 from flywheel_common.codec import AvroCodec
 from flywheel_common.errors import DecodeError, FlywheelError, SinkCommitError
-from flywheel_common.kafka import make_consumer, make_producer
+from flywheel_common.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from flywheel_common.lake import TableName
+from flywheel_common.partitioner import partition_for
 
 from flywheel_curator import metrics
 from flywheel_curator.candidate import KafkaOrigin
 from flywheel_curator.dlq import Notifier
+from flywheel_curator.facts import FACT_RECORD, Fact, KafkaFacts
+from flywheel_curator.gate import ReplayGate
 from flywheel_curator.joins import JoinStore
 from flywheel_curator.pipeline import (
     FILTER_STATE_COLUMNS,
@@ -63,6 +69,8 @@ TP = tuple[str, int]
 _WATERMARK_TIMEOUT_S = 10.0
 _BASE_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
+# Every n-th run is checked against Kafka's partitioner (regenerate facts rely on it).
+_ROUTING_SAMPLE = 64
 
 
 class Curator:
@@ -92,7 +100,16 @@ class Curator:
             self.sink.table("dpo_pairs").to_pyarrow_table(columns=list(FILTER_STATE_COLUMNS)),
             settings.filters,
         )
-        self.pipeline: Pipeline = build_pipeline(settings, self.store, chain=chain)
+        self.partitions = _prepare_pairing_topic(settings)
+        self.facts = KafkaFacts(
+            make_producer(settings.kafka),
+            self.codec,
+            topic=self.topics.pairing,
+            partitions=self.partitions,
+        )
+        self.pipeline: Pipeline = build_pipeline(
+            settings, self.store, facts=self.facts, chain=chain
+        )
         self.consumer: Consumer = make_consumer(
             settings.kafka,
             group_id=settings.group_id,
@@ -122,6 +139,7 @@ class Curator:
         self._batch_started = time.monotonic()
         self._dlq_pending = False
         self._stop_at: dict[TP, int] = {}
+        self.gate = ReplayGate()
         self.commits = 0
         self._failures = 0
 
@@ -129,7 +147,7 @@ class Curator:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set (or, for a replay, until caught up)."""
-        topics = [self.topics.runs, self.topics.feedback, self.topics.edits]
+        topics = [self.topics.runs, self.topics.feedback, self.topics.edits, self.topics.pairing]
         self.consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -146,7 +164,10 @@ class Curator:
                 )
                 for msg in msgs:
                     self._handle(msg)
+                if self.gate.held:
+                    self._release_held()
                 self.notifier.poll()
+                self.facts.poll()
                 if self._due():
                     self.flush()
                 if self.settings.start.stop_at_end and self._caught_up():
@@ -173,6 +194,7 @@ class Curator:
         tps = [(p.topic, p.partition) for p in partitions]
         self.assigned = set(tps)
         positions = self._positions(tps)
+        self.gate.begin(positions, self._lake_ends(tps))
         for p in partitions:
             p.offset = positions[(p.topic, p.partition)]
         if self.settings.start.stop_at_end:
@@ -198,6 +220,7 @@ class Curator:
         self._forget(partitions)
 
     def _forget(self, partitions: Sequence[TopicPartition]) -> None:
+        self.gate.forget((p.topic, p.partition) for p in partitions)
         for p in partitions:
             tp = (p.topic, p.partition)
             self.assigned.discard(tp)
@@ -255,6 +278,9 @@ class Curator:
             return False
         for tp in self.assigned:
             high = self._stop_at.get(tp, 0)
+            if tp[0] == self.topics.pairing:
+                # Facts this replay wrote after it started are part of its input too.
+                high = max(high, self.facts.produced_end.get(tp[1], 0))
             done = self.known["dpo_pairs"].get(tp) or 0
             if done < high and high > 0:
                 return False
@@ -274,13 +300,22 @@ class Curator:
         tp = (topic, partition)
         if tp not in self.assigned:
             return  # fetched before a revoke; the new owner reads it
+        if not self.gate.admit(tp, offset):
+            if self.gate.held.get(tp) == offset:  # the first held message: stop fetching
+                self.consumer.pause([TopicPartition(topic, partition)])
+            return
         metrics.CONSUMED.labels(topic=topic).inc()
         event_type = self.topics.event_type_of(topic)
         replay = offset < (self.known["dpo_pairs"].get(tp) or 0)
         self._end[tp] = offset + 1
         self._events += 1
+        if topic == self.topics.pairing:
+            self._handle_fact(msg, KafkaOrigin(topic, partition, offset), replay=replay)
+            return
         if event_type is None:
             return
+        if event_type == "run" and offset % _ROUTING_SAMPLE == 0:
+            self._check_routing(msg, partition)
         try:
             decoded = self.codec.decode(
                 msg.value() or b"", topic=topic, partition=partition, offset=offset
@@ -305,6 +340,45 @@ class Curator:
             self.pipeline.summary.dlq["invalid_event"] += 1
             return
         self.pipeline.process(event_type, decoded.record, KafkaOrigin(topic, partition, offset))
+
+    def _handle_fact(self, msg: Message, origin: KafkaOrigin, *, replay: bool) -> None:
+        reason = detail = ""
+        try:
+            decoded = self.codec.decode(
+                msg.value() or b"",
+                topic=origin.topic,
+                partition=origin.partition,
+                offset=origin.offset,
+            )
+        except DecodeError as exc:
+            reason, detail = exc.reason_code, exc.reason
+        else:
+            if decoded.name != FACT_RECORD:
+                reason, detail = "invalid_event", f"a {decoded.name} record on the pairing topic"
+        if reason:
+            if not replay:
+                self.notifier.dead_letter(msg, reason=reason, detail=detail)
+                self._dlq_pending = True
+            self.pipeline.summary.dlq[reason] += 1
+            return
+        fact = Fact.from_record(decoded.record)
+        if fact is None:
+            metrics.FACTS_UNKNOWN.inc()  # a newer curator's kind: nothing this one can pair
+            return
+        self.pipeline.process_fact(fact, origin)
+
+    def _check_routing(self, msg: Message, partition: int) -> None:
+        """Regenerate facts find a parent run with Kafka's partitioner; a run that some other
+        partitioner placed would never be found, so say so loudly."""
+        key = msg.key()
+        if key and partition_for(key, self.partitions) != partition:
+            metrics.MISROUTED_RUNS.inc()
+            log.warning(
+                "run not where Kafka's default partitioner puts its key; regenerate pairs "
+                "across partitions will be missed (set the producer's partitioner to "
+                "murmur2_random)",
+                extra={"topic": msg.topic(), "partition": partition, "offset": msg.offset()},
+            )
 
     def _due(self) -> bool:
         if not self._end:
@@ -376,10 +450,12 @@ class Curator:
         if not self._end:
             return
         try:
+            self.pipeline.fire_timers()
             self._collect(self.pipeline.drain())
             self.pipeline.expire()
             if self._dlq_pending:
                 self.notifier.flush()  # a message is only passed once its letter is durable
+            self.facts.flush()  # ... and once the facts it made are
             end = dict(self._end)
             done = self.sink.commit(self._rows, known=self.known, end=end)
         except ZombieError as exc:
@@ -458,12 +534,48 @@ class Curator:
             return
         tps = sorted(self.assigned)
         positions = self._positions(tps)
+        held = self.gate.begin(positions, self._lake_ends(tps))
         for tp in tps:
             try:
                 self.consumer.seek(TopicPartition(tp[0], tp[1], positions[tp]))
             except KafkaException as exc:
                 # Not assigned any more (a rebalance is under way): the next assignment seeks.
                 log.info("seek skipped", extra={"partition": tp, "error": str(exc)})
+        self._resume(held)
+
+    def _lake_ends(self, tps: Sequence[TP]) -> dict[TP, int | None]:
+        """Per partition, the furthest offset any table holds: the end of the replay."""
+        out: dict[TP, int | None] = {}
+        for tp in tps:
+            ends = [v for t in COMMIT_ORDER if (v := self.known[t].get(tp)) is not None]
+            out[tp] = max(ends) if ends else None
+        return out
+
+    def _release_held(self) -> None:
+        """Rewind and resume the partitions the gate held once every replay is done."""
+        replaying = self.gate.replaying
+        if replaying:
+            try:
+                positions = self.consumer.position([TopicPartition(t, p) for t, p in replaying])
+            except KafkaException as exc:
+                log.info("position unavailable", extra={"error": str(exc)})
+                return
+            self.gate.reached(((p.topic, p.partition), p.offset) for p in positions)
+        held = self.gate.release()
+        for (topic, partition), offset in held.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                log.info("seek skipped", extra={"partition": (topic, partition), "error": str(exc)})
+        self._resume(list(held))
+
+    def _resume(self, tps: Sequence[TP]) -> None:
+        if not tps:
+            return
+        try:
+            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
+        except KafkaException as exc:
+            log.info("resume skipped", extra={"error": str(exc)})
 
     # -- faults (crash tests only) --------------------------------------------------------------
 
@@ -472,6 +584,17 @@ class Curator:
         if point in faults.crash_at and self._rng.random() < faults.probability:
             log.warning("fault injected: SIGKILL", extra={"point": point})
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _prepare_pairing_topic(settings: CuratorSettings) -> int:
+    """Create the pairing topic with the runs topic's partition count (the routing contract)
+    and return that count."""
+    topics = settings.kafka.topics
+    md = make_admin(settings.kafka).list_topics(timeout=_WATERMARK_TIMEOUT_S).topics
+    runs = md.get(topics.runs)
+    partitions = len(runs.partitions) if runs is not None else settings.kafka.partitions
+    ensure_topics(settings.kafka, [topics.pairing], partitions=partitions)
+    return partitions
 
 
 def _gt(a: int | None, b: int | None) -> bool:

@@ -50,6 +50,23 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 CREATE INDEX IF NOT EXISTS pending_run ON pending(run_id);
 CREATE INDEX IF NOT EXISTS pending_ts ON pending(ts);
+-- Pairing facts about a regeneration, waiting for their parent run.
+CREATE TABLE IF NOT EXISTS pending_facts (
+    run_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    off INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pending_facts_run ON pending_facts(run_id);
+CREATE INDEX IF NOT EXISTS pending_facts_ts ON pending_facts(ts);
+-- Regenerations that count as kept if nothing else happens by ``due`` (stream time).
+CREATE TABLE IF NOT EXISTS timers (
+    run_id TEXT PRIMARY KEY,
+    due INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS timers_due ON timers(due);
 CREATE TABLE IF NOT EXISTS rated (
     prompt_key TEXT NOT NULL,
     polarity INTEGER NOT NULL,
@@ -84,6 +101,11 @@ CREATE TABLE IF NOT EXISTS applied (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+_TABLES = ("runs", "pending", "pending_facts", "timers", "rated", "seen", "counters", "applied")
+# The pipeline's own memories, which only need to outlive client retries, replays and joins.
+_JOIN_NAMESPACES = ("event", "rated", "sft", "fact", "regenerated", "spurned")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +196,7 @@ class JoinStore:
         """Forget everything (the state was ahead of the table, e.g. after a Delta restore)."""
         self.rollback()
         self._db.execute("BEGIN")
-        for table in ("runs", "pending", "rated", "seen", "counters", "applied"):
+        for table in _TABLES:
             self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         self._db.execute("COMMIT")
 
@@ -255,6 +277,57 @@ class JoinStore:
         self._db.execute("DELETE FROM pending WHERE run_id=?", (run_id,))
         return [(json.loads(b), t, int(p), int(o)) for b, t, p, o in rows]
 
+    # -- facts waiting for their parent run --------------------------------------------------------
+
+    def add_pending_fact(
+        self,
+        run_id: str,
+        body: Mapping[str, Any],
+        *,
+        ts: int,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        self.begin()
+        self._db.execute(
+            "INSERT INTO pending_facts(run_id, ts, body, topic, part, off) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, ts, _dump(body), topic, partition, offset),
+        )
+
+    def pop_pending_facts(self, run_id: str) -> list[tuple[dict[str, Any], str, int, int]]:
+        """Facts that waited for ``run_id``, oldest first: (body, topic, partition, offset)."""
+        rows = self._db.execute(
+            "SELECT body, topic, part, off FROM pending_facts WHERE run_id=? ORDER BY ts, off",
+            (run_id,),
+        ).fetchall()
+        if not rows:
+            return []
+        self.begin()
+        self._db.execute("DELETE FROM pending_facts WHERE run_id=?", (run_id,))
+        return [(json.loads(b), t, int(p), int(o)) for b, t, p, o in rows]
+
+    # -- timers (stream time) ---------------------------------------------------------------------
+
+    def add_timer(self, run_id: str, *, due: int) -> None:
+        self.begin()
+        self._db.execute(
+            "INSERT INTO timers(run_id, due) VALUES (?, ?) ON CONFLICT(run_id) DO NOTHING",
+            (run_id, due),
+        )
+
+    def pop_due(self, *, now: int) -> list[str]:
+        """Runs whose timer is due at stream time ``now``, in due order; their timers go."""
+        rows = self._db.execute(
+            "SELECT run_id FROM timers WHERE due<=? ORDER BY due, run_id", (now,)
+        ).fetchall()
+        if not rows:
+            return []
+        self.begin()
+        self._db.execute("DELETE FROM timers WHERE due<=?", (now,))
+        return [str(r[0]) for r in rows]
+
     # -- ratings waiting for an opposite rating ---------------------------------------------------
 
     def take_opposite(self, prompt_key: str, *, polarity: int, run_id: str) -> RatedRun | None:
@@ -327,17 +400,20 @@ class JoinStore:
         self.begin()
         self._db.execute("DELETE FROM runs WHERE ts<?", (before_ts,))
         self._db.execute("DELETE FROM rated WHERE ts<?", (before_ts,))
-        # The pipeline's own memories (event ids, first ratings, sampled inline runs) only need
-        # to outlive client retries and joins; the filters' namespaces are kept.
+        # The pipeline's own memories expire with the window; the filters' namespaces are kept.
+        marks = ", ".join("?" for _ in _JOIN_NAMESPACES)
         self._db.execute(
-            "DELETE FROM seen WHERE ns IN ('event', 'rated', 'sft') AND ts<?", (before_ts,)
+            f"DELETE FROM seen WHERE ns IN ({marks}) AND ts<?",  # noqa: S608 - placeholders
+            (*_JOIN_NAMESPACES, before_ts),
         )
+        self._db.execute("DELETE FROM pending_facts WHERE ts<?", (before_ts,))
+        self._db.execute("DELETE FROM timers WHERE due<?", (before_ts,))
         cur = self._db.execute("DELETE FROM pending WHERE ts<?", (before_ts,))
         return cur.rowcount
 
     def sizes(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for table in ("runs", "pending", "rated", "seen"):
+        for table in ("runs", "pending", "pending_facts", "timers", "rated", "seen"):
             out[table] = int(
                 self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
             )

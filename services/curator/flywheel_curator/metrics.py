@@ -14,9 +14,11 @@ __all__ = [
     "CONSUMED",
     "DLQ",
     "DUPLICATE_EVENTS",
+    "FACTS_UNKNOWN",
     "JOIN_EXPIRED",
     "JOIN_MISSES",
     "JOIN_PENDING",
+    "MISROUTED_RUNS",
     "REJECTED",
     "REPLAYED_ROWS_SKIPPED",
     "ROWS_WRITTEN",
@@ -27,6 +29,13 @@ __all__ = [
 CONSUMED = Counter("flywheel_curator_consumed", "Messages consumed", ["topic"])
 DLQ = Counter("flywheel_curator_dlq", "Messages sent to the dead-letter topic", ["reason"])
 DUPLICATE_EVENTS = Counter("flywheel_curator_duplicate_events", "Events whose event_id was seen")
+FACTS_UNKNOWN = Counter(
+    "flywheel_curator_facts_unknown", "Pairing facts of a kind this curator does not know"
+)
+MISROUTED_RUNS = Counter(
+    "flywheel_curator_misrouted_runs",
+    "Sampled runs not in the partition Kafka's default partitioner gives their key",
+)
 CANDIDATES = Counter("flywheel_curator_candidates", "Candidate pairs formed", ["source"])
 ACCEPTED = Counter("flywheel_curator_pairs_accepted", "Pairs accepted", ["source"])
 REJECTED = Counter("flywheel_curator_pairs_rejected", "Candidates rejected", ["reason"])

@@ -26,6 +26,14 @@ from flywheel_common.topics import EventType
 
 from flywheel_curator import metrics
 from flywheel_curator.candidate import Candidate, KafkaOrigin, Verdict
+from flywheel_curator.facts import (
+    Fact,
+    FactSink,
+    kept_fact,
+    rated_fact,
+    regenerated_fact,
+    signal_of,
+)
 from flywheel_curator.filters import (
     FilterChain,
     FilterSettings,
@@ -42,6 +50,7 @@ from flywheel_curator.sources import (
     event_ts_ms,
     inline_run,
     is_kept_signal,
+    is_spurned_signal,
     paired_candidate,
     polarity,
     prompt_key,
@@ -55,6 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILTER_STATE_COLUMNS",
+    "NO_REGENERATE",
     "Chain",
     "CuratedRow",
     "Pipeline",
@@ -66,6 +76,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The signal kind of a regeneration kept by default: nothing followed it in the quiet period.
+NO_REGENERATE = "no_regenerate"
 
 # The weight a pair carries into training, by how strong its signal is: an edit or a
 # correction is the user's own text; a regenerate or a paired outcome is a choice between two
@@ -112,6 +125,8 @@ class Summary:
     dlq: Counter[str] = field(default_factory=Counter)
     duplicate_events: int = 0
     pending_expired: int = 0
+    facts: Counter[str] = field(default_factory=Counter)
+    duplicate_facts: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +140,8 @@ class Summary:
             "dlq": dict(self.dlq),
             "duplicate_events": self.duplicate_events,
             "pending_expired": self.pending_expired,
+            "pairing_facts": dict(self.facts),
+            "duplicate_facts": self.duplicate_facts,
         }
 
 
@@ -146,6 +163,8 @@ class Pipeline:
         curator_version: str,
         sft_sample_rate: float,
         join_window_ms: int,
+        facts: FactSink,
+        regenerate_quiet_ms: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
     ) -> None:
         self.store = store
@@ -154,6 +173,8 @@ class Pipeline:
         self.curator_version = curator_version
         self.sft_sample_rate = sft_sample_rate
         self.join_window_ms = join_window_ms
+        self.facts = facts
+        self.regenerate_quiet_ms = regenerate_quiet_ms
         self.clock = clock
         self.summary = Summary()
         self._proposals: list[_Proposal] = []
@@ -192,8 +213,17 @@ class Pipeline:
             partition=origin.partition,
             offset=origin.offset,
         )
+        if view.parent_run_id:
+            # The parent was regenerated away from; this run is kept by default unless
+            # something else happens to it within the quiet period.
+            self.facts.emit(regenerated_fact(view, origin, ts=ts))
+            if self.regenerate_quiet_ms > 0:
+                self.store.add_timer(view.run_id, due=ts + self.regenerate_quiet_ms)
         for fb, topic, partition, offset in self.store.pop_pending(view.run_id):
             self._with_run(fb, view, KafkaOrigin(topic, partition, offset), origin)
+        for body, topic, partition, offset in self.store.pop_pending_facts(view.run_id):
+            fact = _fact_of(body)
+            self._pair_regenerate(fact, view, origin, KafkaOrigin(topic, partition, offset))
 
     def _on_feedback(self, record: Mapping[str, Any], origin: KafkaOrigin, ts: int) -> None:
         run = inline_run(record)
@@ -227,67 +257,111 @@ class Pipeline:
         run_origin: KafkaOrigin | None,
     ) -> None:
         ingredients = (origin,) if run_origin is None else (origin, run_origin)
+        ts = event_ts_ms(feedback)
         correction = correction_candidate(feedback, run, origin)
         if correction is not None:
             self._propose(correction, ingredients)
         pol = polarity(feedback)
-        if pol != 0:
-            self._paired_outcome(feedback, run, pol, origin, ingredients)
-        if run.parent_run_id and is_kept_signal(feedback):
-            self._regenerate(feedback, run, origin, ingredients)
+        # Only a run's first rating takes part in a paired outcome.
+        if pol != 0 and self.store.add_seen("rated", f"{prompt_key(run)}\x00{run.run_id}", ts=ts):
+            self.facts.emit(rated_fact(run, pol, signal_of(feedback), origin, ts=ts))
+        if is_spurned_signal(feedback):
+            self.store.add_seen("spurned", run.run_id, ts=ts)
+        elif (
+            run.parent_run_id
+            and is_kept_signal(feedback)
+            # One fact per kept regeneration, whatever the number of kept signals.
+            and self.store.mark_run(run.run_id, flag="kept")
+        ):
+            self.facts.emit(kept_fact(run, signal_of(feedback), origin, ts=ts))
         if pol == POSITIVE and correction is None:
             self._maybe_sft(feedback, run, origin, ingredients, in_store=run_origin is not None)
 
-    def _paired_outcome(
-        self,
-        feedback: Mapping[str, Any],
-        run: RunView,
-        pol: int,
-        origin: KafkaOrigin,
-        ingredients: tuple[KafkaOrigin, ...],
-    ) -> None:
-        key = prompt_key(run)
-        body = {"run": run.to_json(), "ingredients": [_origin_json(o) for o in ingredients]}
-        # Only a run's first rating takes part; it is then matched at most once.
-        if not self.store.add_seen("rated", f"{key}\x00{run.run_id}", ts=event_ts_ms(feedback)):
+    # -- pairing facts --------------------------------------------------------------------------
+
+    def process_fact(self, fact: Fact, origin: KafkaOrigin) -> None:
+        """Apply one pairing fact read at ``origin`` (see ``facts.py``)."""
+        self._stream_ts = max(self._stream_ts, fact.ts)
+        if not self.store.add_seen("fact", fact.fact_id, ts=fact.ts):
+            self.summary.duplicate_facts += 1
             return
-        opposite = self.store.take_opposite(key, polarity=pol, run_id=run.run_id)
+        self.summary.facts[fact.kind] += 1
+        if fact.kind == "regenerated":
+            self.store.add_seen("regenerated", fact.key, ts=fact.ts)
+        elif fact.kind == "kept":
+            parent = self.store.get_run(fact.key)
+            if parent is None:
+                # The parent's run is late (or never comes): wait for it, until the window ends.
+                self.store.add_pending_fact(
+                    fact.key,
+                    fact.to_record(),
+                    ts=fact.ts,
+                    topic=origin.topic,
+                    partition=origin.partition,
+                    offset=origin.offset,
+                )
+                metrics.JOIN_PENDING.inc()
+                return
+            parent_origin = KafkaOrigin(parent.topic, parent.partition, parent.offset)
+            self._pair_regenerate(fact, RunView.from_json(parent.record), parent_origin, origin)
+        else:
+            self._pair_rated(fact, origin)
+
+    def _pair_regenerate(
+        self, fact: Fact, parent: RunView, parent_origin: KafkaOrigin, fact_origin: KafkaOrigin
+    ) -> None:
+        assert fact.run is not None and fact.signal is not None  # noqa: S101 - a kept fact
+        candidate = regenerate_candidate(fact.run, parent, fact.signal, fact.origin)
+        if candidate is not None:
+            # Ingredients are what this process read (the fact, the parent's run): the
+            # exactly-once check compares them with this process's offsets.
+            self._propose(candidate, (fact_origin, parent_origin))
+
+    def _pair_rated(self, fact: Fact, fact_origin: KafkaOrigin) -> None:
+        assert fact.run is not None and fact.signal is not None  # noqa: S101 - a rated fact
+        run, pol = fact.run, fact.polarity
+        opposite = self.store.take_opposite(fact.key, polarity=pol, run_id=run.run_id)
         self.store.add_rated(
-            key,
+            fact.key,
             polarity=pol,
             run_id=run.run_id,
-            ts=event_ts_ms(feedback),
-            body=body,
+            ts=fact.ts,
+            body={"fact": fact.to_record(), "read_at": _origin_json(fact_origin)},
             matched=opposite is not None,
         )
         if opposite is None:
             return
-        other = RunView.from_json(opposite.body["run"])
-        other_ingredients = tuple(_origin_of(o) for o in opposite.body["ingredients"])
-        up, down = (run, other) if pol == POSITIVE else (other, run)
-        candidate = paired_candidate(up, down, feedback, origin)
+        other = _fact_of(opposite.body["fact"])
+        assert other.run is not None  # noqa: S101 - a rated fact
+        up, down = (run, other.run) if pol == POSITIVE else (other.run, run)
+        candidate = paired_candidate(up, down, fact.signal, fact.origin)
         if candidate is not None:
-            self._propose(candidate, ingredients + other_ingredients)
+            self._propose(candidate, (fact_origin, _origin_of(opposite.body["read_at"])))
 
-    def _regenerate(
-        self,
-        feedback: Mapping[str, Any],
-        run: RunView,
-        origin: KafkaOrigin,
-        ingredients: tuple[KafkaOrigin, ...],
-    ) -> None:
-        assert run.parent_run_id is not None  # noqa: S101 - checked by the caller
-        parent = self.store.get_run(run.parent_run_id)
-        if parent is None:
-            metrics.JOIN_MISSES.labels(join="regenerate_parent").inc()
-            return
-        # One pair per kept regeneration, whatever the number of kept signals.
-        if not self.store.mark_run(run.run_id, flag="kept"):
-            return
-        candidate = regenerate_candidate(run, RunView.from_json(parent.record), feedback, origin)
-        if candidate is not None:
-            parent_origin = KafkaOrigin(parent.topic, parent.partition, parent.offset)
-            self._propose(candidate, (*ingredients, parent_origin))
+    def fire_timers(self) -> int:
+        """Regenerations whose quiet period passed in stream time with no further regenerate
+        and no sign of being turned away count as kept; returns how many."""
+        if self.regenerate_quiet_ms <= 0 or self._stream_ts == 0:
+            return 0
+        fired = 0
+        for run_id in self.store.pop_due(now=self._stream_ts):
+            if self.store.is_seen("regenerated", run_id) or self.store.is_seen("spurned", run_id):
+                continue
+            stored = self.store.get_run(run_id)
+            if stored is None or not self.store.mark_run(run_id, flag="kept"):
+                continue  # expired, or already kept by an explicit signal
+            run = RunView.from_json(stored.record)
+            signal = {
+                "event_id": run.event_id or run.run_id,
+                "kind": NO_REGENERATE,
+                "occurred_at": run.event_time_ms + self.regenerate_quiet_ms,
+                "user_id": run.user_id,
+            }
+            origin = KafkaOrigin(stored.topic, stored.partition, stored.offset)
+            due = run.event_time_ms + self.regenerate_quiet_ms
+            self.facts.emit(kept_fact(run, signal, origin, ts=max(due, self._stream_ts)))
+            fired += 1
+        return fired
 
     def _maybe_sft(
         self,
@@ -491,6 +565,12 @@ def _origin_of(value: Iterable[Any]) -> KafkaOrigin:
     return KafkaOrigin(str(topic), int(partition), int(offset))
 
 
+def _fact_of(body: Mapping[str, Any]) -> Fact:
+    fact = Fact.from_record(body)
+    assert fact is not None  # noqa: S101 - only known kinds are stored
+    return fact
+
+
 def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:
     """A decoded record with its timestamps as epoch milliseconds (JSON-safe, exact)."""
     out = dict(record)
@@ -558,7 +638,7 @@ def load_filter_state(chain: FilterChain, dpo_pairs: pa.Table, settings: FilterS
 
 
 def build_pipeline(
-    settings: CuratorSettings, store: JoinStore, *, chain: Chain | None = None
+    settings: CuratorSettings, store: JoinStore, *, facts: FactSink, chain: Chain | None = None
 ) -> Pipeline:
     return Pipeline(
         store=store,
@@ -567,6 +647,8 @@ def build_pipeline(
         curator_version=_version(),
         sft_sample_rate=settings.sft_sample_rate,
         join_window_ms=int(settings.join_window_s * 1000),
+        facts=facts,
+        regenerate_quiet_ms=int(settings.regenerate_quiet_s * 1000),
     )
 
 

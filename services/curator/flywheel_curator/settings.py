@@ -26,6 +26,9 @@ DEFAULT_CONSUME_BATCH = 1_000
 # A feedback may arrive up to a week after its run (ratings given later from history).
 DEFAULT_JOIN_WINDOW_S = 7 * 24 * 3600.0
 DEFAULT_SFT_RATE = 0.01
+# A regeneration with no further regenerate (and no thumbs-down, reject, ...) within this much
+# stream time counts as kept (DESIGN.md, regenerate row).
+DEFAULT_REGENERATE_QUIET_S = 600.0
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 
 
@@ -89,6 +92,8 @@ class CuratorSettings(BaseSettings):
     state_dir: Path = Path("./curator-state")
     join_window_s: float = Field(default=DEFAULT_JOIN_WINDOW_S, gt=0)
     sft_sample_rate: float = Field(default=DEFAULT_SFT_RATE, ge=0.0, le=1.0)
+    # 0 turns the "no further regenerate" signal off (only copy, accept and rate-up count).
+    regenerate_quiet_s: float = Field(default=DEFAULT_REGENERATE_QUIET_S, ge=0.0)
     session_timeout_ms: int = Field(default=DEFAULT_SESSION_TIMEOUT_MS, ge=1_000)
     checkpoint_interval: int = Field(default=100, ge=1)
     state_cache_kib: int = Field(default=16_384, ge=256)

@@ -27,6 +27,7 @@ __all__ = [
     "event_ts_ms",
     "inline_run",
     "is_kept_signal",
+    "is_spurned_signal",
     "paired_candidate",
     "polarity",
     "prompt_key",
@@ -43,6 +44,10 @@ _RATING_UP = 4.0
 _RATING_DOWN = 2.0
 # Implicit signals that the user kept an answer (DESIGN.md, regenerate row).
 _KEPT_KINDS = frozenset({"copy", "accept"})
+# ... and that they did not: such an answer is never "kept by default" (no further regenerate).
+_SPURNED_KINDS = frozenset(
+    {"regenerate", "rephrase", "reject", "revert", "early_stop", "escalate", "abandon"}
+)
 _MIN_CORRECTION_CHARS = 2
 
 
@@ -60,6 +65,7 @@ class RunView:
     model_version: str | None = None
     user_id: str | None = None
     parent_run_id: str | None = None
+    event_id: str | None = None  # of the Run event, where the run was logged
 
     @classmethod
     def of_run(cls, record: Mapping[str, Any]) -> RunView:
@@ -74,6 +80,7 @@ class RunView:
             model_version=record.get("model_version"),
             user_id=record.get("user_id"),
             parent_run_id=record.get("parent_run_id"),
+            event_id=record.get("event_id"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -88,6 +95,7 @@ class RunView:
             "model_version": self.model_version,
             "user_id": self.user_id,
             "parent_run_id": self.parent_run_id,
+            "event_id": self.event_id,
         }
 
     @classmethod
@@ -103,6 +111,7 @@ class RunView:
             model_version=body.get("model_version"),
             user_id=body.get("user_id"),
             parent_run_id=body.get("parent_run_id"),
+            event_id=body.get("event_id"),
         )
 
 
@@ -160,6 +169,11 @@ def polarity(feedback: Mapping[str, Any]) -> int:
 def is_kept_signal(feedback: Mapping[str, Any]) -> bool:
     """The user kept this answer: copied, accepted or rated it up."""
     return feedback.get("kind") in _KEPT_KINDS or polarity(feedback) == POSITIVE
+
+
+def is_spurned_signal(feedback: Mapping[str, Any]) -> bool:
+    """The user turned away from this answer: rated it down, regenerated, rejected, ..."""
+    return feedback.get("kind") in _SPURNED_KINDS or polarity(feedback) == NEGATIVE
 
 
 def inline_run(feedback: Mapping[str, Any]) -> RunView | None:
