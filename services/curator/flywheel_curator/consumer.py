@@ -102,10 +102,7 @@ class Curator:
         )
         self.partitions = _prepare_pairing_topic(settings)
         self.facts = KafkaFacts(
-            make_producer(settings.kafka),
-            self.codec,
-            topic=self.topics.pairing,
-            partitions=self.partitions,
+            make_producer(settings.kafka, linger_ms=20), self.codec, topic=self.topics.pairing
         )
         self.pipeline: Pipeline = build_pipeline(
             settings, self.store, facts=self.facts, chain=chain
@@ -518,6 +515,7 @@ class Curator:
     def _drop(self, reason: str) -> None:
         metrics.BATCHES_DROPPED.labels(reason=reason).inc()
         self.store.rollback()
+        self.facts.discard()
         self.pipeline.reset_pending()
         self._reset_batch()
 

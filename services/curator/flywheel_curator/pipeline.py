@@ -263,8 +263,10 @@ class Pipeline:
             self._propose(correction, ingredients)
         pol = polarity(feedback)
         # Only a run's first rating takes part in a paired outcome.
-        if pol != 0 and self.store.add_seen("rated", f"{prompt_key(run)}\x00{run.run_id}", ts=ts):
-            self.facts.emit(rated_fact(run, pol, signal_of(feedback), origin, ts=ts))
+        if pol != 0:
+            key = prompt_key(run)
+            if self.store.add_seen("rated", f"{key}\x00{run.run_id}", ts=ts):
+                self.facts.emit(rated_fact(run, pol, signal_of(feedback), origin, ts=ts, key=key))
         if is_spurned_signal(feedback):
             self.store.add_seen("spurned", run.run_id, ts=ts)
         elif (
