@@ -301,7 +301,7 @@ class Curator:
             if self.gate.held.get(tp) == offset:  # the first held message: stop fetching
                 self.consumer.pause([TopicPartition(topic, partition)])
             return
-        metrics.CONSUMED.labels(topic=topic).inc()
+        metrics.labeled(metrics.CONSUMED, topic).inc()
         event_type = self.topics.event_type_of(topic)
         replay = offset < (self.known["dpo_pairs"].get(tp) or 0)
         self._end[tp] = offset + 1

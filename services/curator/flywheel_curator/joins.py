@@ -162,6 +162,16 @@ class JoinStore:
                 "use another state_dir or delete it"
             )
         self._in_txn = False
+        self._load_waiting()
+
+    def _load_waiting(self) -> None:
+        # Run ids that may have feedback or facts waiting for them: every run looks itself up
+        # there, and nearly none has anything waiting. A superset is harmless (an id whose rows
+        # were rolled back or expired costs one query).
+        self._waiting = {r[0] for r in self._db.execute("SELECT DISTINCT run_id FROM pending")}
+        self._waiting_facts = {
+            r[0] for r in self._db.execute("SELECT DISTINCT run_id FROM pending_facts")
+        }
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -185,6 +195,7 @@ class JoinStore:
         if self._in_txn:
             self._db.execute("ROLLBACK")
             self._in_txn = False
+            self._load_waiting()  # pops that were rolled back are waiting again
 
     def applied(self, tp: TopicPartition) -> int | None:
         row = self._db.execute(
@@ -199,6 +210,7 @@ class JoinStore:
         for table in _TABLES:
             self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         self._db.execute("COMMIT")
+        self._load_waiting()
 
     def close(self) -> None:
         self.rollback()
@@ -264,9 +276,13 @@ class JoinStore:
             "INSERT INTO pending(run_id, ts, body, topic, part, off) VALUES (?, ?, ?, ?, ?, ?)",
             (record["run_id"], ts, _dump(record), topic, partition, offset),
         )
+        self._waiting.add(record["run_id"])
 
     def pop_pending(self, run_id: str) -> list[tuple[dict[str, Any], str, int, int]]:
         """Feedback that waited for ``run_id``, oldest first: (record, topic, partition, offset)."""
+        if run_id not in self._waiting:
+            return []
+        self._waiting.discard(run_id)
         rows = self._db.execute(
             "SELECT body, topic, part, off FROM pending WHERE run_id=? ORDER BY ts, off",
             (run_id,),
@@ -295,9 +311,13 @@ class JoinStore:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (run_id, ts, _dump(body), topic, partition, offset),
         )
+        self._waiting_facts.add(run_id)
 
     def pop_pending_facts(self, run_id: str) -> list[tuple[dict[str, Any], str, int, int]]:
         """Facts that waited for ``run_id``, oldest first: (body, topic, partition, offset)."""
+        if run_id not in self._waiting_facts:
+            return []
+        self._waiting_facts.discard(run_id)
         rows = self._db.execute(
             "SELECT body, topic, part, off FROM pending_facts WHERE run_id=? ORDER BY ts, off",
             (run_id,),
@@ -406,10 +426,12 @@ class JoinStore:
             f"DELETE FROM seen WHERE ns IN ({marks}) AND ts<?",  # noqa: S608 - placeholders
             (*_JOIN_NAMESPACES, before_ts),
         )
-        self._db.execute("DELETE FROM pending_facts WHERE ts<?", (before_ts,))
+        facts = self._db.execute("DELETE FROM pending_facts WHERE ts<?", (before_ts,)).rowcount
         self._db.execute("DELETE FROM timers WHERE due<?", (before_ts,))
-        cur = self._db.execute("DELETE FROM pending WHERE ts<?", (before_ts,))
-        return cur.rowcount
+        expired = self._db.execute("DELETE FROM pending WHERE ts<?", (before_ts,)).rowcount
+        if expired or facts:
+            self._load_waiting()
+        return int(expired)
 
     def sizes(self) -> dict[str, int]:
         out: dict[str, int] = {}

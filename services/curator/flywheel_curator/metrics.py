@@ -3,6 +3,8 @@ either skipped as already committed, dead-lettered, or turned into state and row
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "ROWS_WRITTEN",
     "SFT",
     "STATE_ROWS",
+    "labeled",
 ]
 
 CONSUMED = Counter("flywheel_curator_consumed", "Messages consumed", ["topic"])
@@ -60,3 +63,10 @@ BATCHES_DROPPED = Counter(
     "flywheel_curator_batches_dropped", "Micro-batches dropped and re-read", ["reason"]
 )
 STATE_ROWS = Gauge("flywheel_curator_state_rows", "Rows in the join state", ["kind"])
+
+
+@lru_cache(maxsize=4096)
+def labeled(metric: Counter, value: str) -> Counter:
+    """``metric.labels(value)``, cached: the hot path counts every message and candidate, and
+    ``labels()`` takes a lock and builds a key each time."""
+    return metric.labels(value)

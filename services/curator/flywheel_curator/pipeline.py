@@ -411,7 +411,7 @@ class Pipeline:
 
     def _propose(self, candidate: Candidate, ingredients: tuple[KafkaOrigin, ...]) -> None:
         self.summary.candidates[candidate.source] += 1
-        metrics.CANDIDATES.labels(source=candidate.source).inc()
+        metrics.labeled(metrics.CANDIDATES, candidate.source).inc()
         self._proposals.append(_Proposal(candidate, ingredients))
 
     # -- retention ----------------------------------------------------------------------------
@@ -441,7 +441,7 @@ class Pipeline:
             source = proposal.candidate.source
             if verdict.accepted:
                 self.summary.accepted[source] += 1
-                metrics.ACCEPTED.labels(source=source).inc()
+                metrics.labeled(metrics.ACCEPTED, source).inc()
                 rows.append(
                     CuratedRow(
                         "dpo_pairs",
@@ -453,7 +453,7 @@ class Pipeline:
             else:
                 for reason in verdict.reasons or ("rejected",):
                     self.summary.rejected[reason] += 1
-                    metrics.REJECTED.labels(reason=reason).inc()
+                    metrics.labeled(metrics.REJECTED, reason).inc()
                 rows.append(
                     CuratedRow(
                         "rejected_candidates",
