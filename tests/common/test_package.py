@@ -13,6 +13,7 @@ import flywheel_common
 import pytest
 from flywheel_common import FlywheelError, JsonFormatter, LakeSettings
 from flywheel_common.errors import DecodeError, SinkCommitError, UnknownSchemaError
+from flywheel_common.topics import Topics
 
 
 def test_all_lists_exactly_the_public_names() -> None:
@@ -87,17 +88,18 @@ def test_topics_cli_creates_and_lists(kafka_bootstrap: str) -> None:
     first = subprocess.run(
         [*base, "create", *args, "--partitions", "3"], capture_output=True, text=True, check=True
     )
-    assert first.stdout.count("created") == 5
+    assert first.stdout.count("created") == len(Topics().all())
     again = subprocess.run(
         [*base, "create", *args, "--partitions", "3"], capture_output=True, text=True, check=True
     )
-    assert again.stdout.count("exists") == 5
+    assert again.stdout.count("exists") == len(Topics().all())
     wrong = subprocess.run(
         [*base, "create", *args, "--partitions", "4"], capture_output=True, text=True, check=False
     )
     assert wrong.returncode == 2 and "co-partitioning" in wrong.stderr
     listed = subprocess.run([*base, "list", *args], capture_output=True, text=True, check=True)
     assert f"{prefix}.flywheel.runs.v1\t3" in listed.stdout
+    assert f"{prefix}.flywheel.curator.pairing.v1\t3" in listed.stdout
 
 
 def test_topics_cli_names_an_unreachable_broker() -> None:
