@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/curator.py               # 1,000,000 events
     .venv/bin/python bench/curator.py --quick       # 50,000 events
+    .venv/bin/python bench/curator.py --processes 2 # two curators in one group (scale-out)
 
 1. Loads a backlog of N events (runs, feedback, edits in a realistic mix) into fresh topics.
 2. Raw limit: one consumer, batched ``consume(1000)`` + Avro decode, over the backlog.
-3. Curator: a separate process catches up on the backlog into fresh Delta tables with the
-   default filters; events/s end to end, commits/s, share of wall time in Delta commits, peak
-   RSS (VmHWM of that process).
+3. Curator: a separate process (or ``--processes N`` of them in one group) catches up on the
+   backlog into fresh Delta tables with the default filters; events/s end to end, commits/s,
+   share of wall time in Delta commits, peak RSS (VmHWM of the largest process).
 4. Visibility: with that curator following, edits are produced at a steady rate; latency runs
    from the broker's acknowledgement (when ingest answers 202) to the row being readable in
    ``dpo_pairs``.
@@ -150,6 +151,7 @@ def child(args: argparse.Namespace) -> None:
     settings = CuratorSettings().model_copy(update={"start": StartSettings(stop_at_end=True)})
     stop = threading.Event()
     curator = Curator(settings)  # imports and the toxicity model load are not throughput
+    started_at = time.time()
     started = time.perf_counter()
     if args.profile:
         import cProfile
@@ -173,6 +175,8 @@ def child(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "wall_s": wall,
+                "started_at": started_at,
+                "finished_at": time.time(),
                 "commits": curator.commits,
                 "commit_s": commit_s,
                 "summary": curator.pipeline.summary.as_dict(),
@@ -180,6 +184,47 @@ def child(args: argparse.Namespace) -> None:
             }
         )
     )
+
+
+def catch_up(env: dict[str, str], state: Path, *, processes: int, profile: bool) -> dict[str, Any]:
+    """Run the catch-up children (one state directory each) and combine their reports: wall
+    time from the first start to the last finish, sums of the counts, the largest RSS."""
+    # The children's stderr (the profile, warnings) goes straight to ours; stdout is the report.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", *(["--profile"] if profile else [])],
+            env={**env, "FLYWHEEL_CURATOR_STATE_DIR": str(state / f"p{i}")},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    reports = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"curator child exited {proc.returncode}")
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    wall = max(r["finished_at"] for r in reports) - min(r["started_at"] for r in reports)
+    return {
+        "wall_s": wall,
+        "commits": sum(r["commits"] for r in reports),
+        # Per process: each commits its own partitions, in parallel with the others.
+        "commit_s": sum(r["commit_s"] for r in reports) / processes,
+        "rss_peak_mib": max(r["rss_peak_mib"] for r in reports),
+        "summary": _sum_reports([r["summary"] for r in reports]),
+    }
+
+
+def _sum_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict):
+                out[key] = _sum_reports([out.get(key, {}), value])
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
 
 
 def curator_env(kafka: KafkaSettings, lake: Path, state: Path, group: str) -> dict[str, str]:
@@ -267,6 +312,9 @@ def main() -> None:
         "--latency-rate", type=int, default=200, help="edits/s in the latency phase"
     )
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="curator processes in one group (catch-up)"
+    )
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -290,21 +338,26 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="bench-curator-"))
         lake, state, group = work / "lake", work / "state", f"bench-{uuid.uuid4().hex[:6]}"
         env = curator_env(kafka, lake, state, group)
-        # The child's stderr (the profile, warnings) goes straight to ours; stdout is the report.
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", *(["--profile"] if args.profile else [])],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-            check=True,
-        )
-        stats = json.loads(out.stdout.strip().splitlines()[-1])
+        stats = catch_up(env, state, processes=args.processes, profile=args.profile)
         rate = n / stats["wall_s"]
         print(f"curator catch-up: {rate:,.0f} events/s", file=sys.stderr)
-        lat = latency(kafka, lake, env, rate=args.latency_rate, seconds=args.latency_seconds)
+        # Visibility with one curator that follows on from the first child's state; with more
+        # processes it would first rebuild the others' join state, which is not latency.
+        lat = (
+            latency(
+                kafka,
+                lake,
+                {**env, "FLYWHEEL_CURATOR_STATE_DIR": str(state / "p0")},
+                rate=args.latency_rate,
+                seconds=args.latency_seconds,
+            )
+            if args.processes == 1
+            else []
+        )
         versions = DeltaTable(str(lake / "dpo_pairs")).version()
         report = {
             "events": n,
+            "processes": args.processes,
             "raw_consume_decode_events_per_s": round(raw),
             "curator_events_per_s": round(rate),
             "curator_vs_raw": round(rate / raw, 3),

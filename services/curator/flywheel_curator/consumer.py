@@ -192,6 +192,7 @@ class Curator:
         self.assigned = set(tps)
         positions = self._positions(tps)
         self.gate.begin(positions, self._lake_ends(tps))
+        self._log_replay()
         for p in partitions:
             p.offset = positions[(p.topic, p.partition)]
         if self.settings.start.stop_at_end:
@@ -533,6 +534,7 @@ class Curator:
         tps = sorted(self.assigned)
         positions = self._positions(tps)
         held = self.gate.begin(positions, self._lake_ends(tps))
+        self._log_replay()
         for tp in tps:
             try:
                 self.consumer.seek(TopicPartition(tp[0], tp[1], positions[tp]))
@@ -540,6 +542,13 @@ class Curator:
                 # Not assigned any more (a rebalance is under way): the next assignment seeks.
                 log.info("seek skipped", extra={"partition": tp, "error": str(exc)})
         self._resume(held)
+
+    def _log_replay(self) -> None:
+        if self.gate.replaying:
+            log.info(
+                "re-applying what the lake holds; newer messages wait",
+                extra={"partitions": [f"{t}[{p}]" for t, p in self.gate.replaying]},
+            )
 
     def _lake_ends(self, tps: Sequence[TP]) -> dict[TP, int | None]:
         """Per partition, the furthest offset any table holds: the end of the replay."""
@@ -560,6 +569,8 @@ class Curator:
                 return
             self.gate.reached(((p.topic, p.partition), p.offset) for p in positions)
         held = self.gate.release()
+        if held:
+            log.info("replay done; new messages flow again", extra={"held": len(held)})
         for (topic, partition), offset in held.items():
             try:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
