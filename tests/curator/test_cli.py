@@ -99,6 +99,33 @@ def test_curate_summarises_a_file_and_names_each_bad_line(tmp_path: Path) -> Non
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
+def test_curate_pairs_regenerations_and_ratings_of_a_file(tmp_path: Path) -> None:
+    """One reader sees every partition: pairing facts are fed straight back, and a regeneration
+    left alone for the quiet period (in the file's own time) counts as kept."""
+    t0, minute = 1767225600000, 60_000
+    run = {"prompt": PROMPT, "model": "m", "feature": "summary"}
+    events = tmp_path / "events.jsonl"
+    lines = [
+        _line("run", run_id="a", response=RESPONSE, occurred_at=t0, **run),
+        _line(
+            "run", run_id="b", response=CURATED, parent_run_id="a", occurred_at=t0 + minute, **run
+        ),
+        _line("feedback", run_id="a", kind="thumbs", value=-1.0, occurred_at=t0 + 2 * minute),
+        _line("feedback", run_id="b", kind="thumbs", value=1.0, occurred_at=t0 + 3 * minute),
+        # another regeneration of "a", never touched again: kept once the quiet period passes
+        _line("run", run_id="c", response=FINALS[1], parent_run_id="a", occurred_at=t0, **run),
+        _line("run", run_id="z", prompt="x", response="y", model="m", occurred_at=t0 + 30 * minute),
+    ]
+    events.write_text("\n".join(lines) + "\n")
+    out = flywheel("curate", "--input", str(events))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    # b kept (rated up) over a; c kept by default over a; b rated up against a rated down.
+    assert summary["candidates"] == {"regenerate": 2, "paired_outcome": 1}
+    assert summary["pairing_facts"] == {"regenerated": 2, "kept": 2, "rated": 2}
+    assert summary["dlq"] == {}
+
+
 def test_replay_rebuilds_the_same_table_and_starts_where_told(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
