@@ -14,6 +14,7 @@ from flywheel_common.partitioner import partition_for
 from flywheel_common.settings import KafkaSettings
 
 from tests.curator.conftest import (
+    CODEC,
     EventProducer,
     ThreadedCurator,
     edit_event,
@@ -138,6 +139,9 @@ def test_undecodable_and_invalid_go_to_the_dlq(
     p.send_raw(kafka_settings.topics.runs, "k1", b"not avro at all")
     bad = run_event("")  # empty run_id: invalid
     p.send("run", bad)
+    # The internal pairing topic is guarded the same way: an unknown schema, another record type.
+    p.send_raw(kafka_settings.topics.pairing, "k2", b"\xc3\x01 truncated")
+    p.send_raw(kafka_settings.topics.pairing, "k3", CODEC.encode("Run", run_event("r-on-pairing")))
     rid = str(uuid.uuid4())
     p.send("edit", edit_event(rid))  # the consumer goes on
     p.flush()
@@ -155,17 +159,23 @@ def test_undecodable_and_invalid_go_to_the_dlq(
     codec = AvroCodec()
     reasons: list[str] = []
 
-    def two() -> bool:
+    def four() -> bool:
         for m in c.consume(10, timeout=0.5):
             if m.error() is None:
-                reasons.append(codec.decode(m.value()).record["reason"])
-        return len(reasons) >= 2
+                record = codec.decode(m.value()).record
+                reasons.append((record["source_topic"].rsplit(".", 2)[-2], record["reason"]))
+        return len(reasons) >= 4
 
     try:
-        wait_until(two, what="two dead letters")
+        wait_until(four, what="four dead letters")
     finally:
         c.close()
-    assert sorted(reasons) == ["invalid_event", "undecodable"]
+    assert sorted(reasons) == [
+        ("pairing", "invalid_event"),
+        ("pairing", "unknown_fingerprint"),
+        ("runs", "invalid_event"),
+        ("runs", "undecodable"),
+    ]
 
 
 def test_empty_topics_and_offset_zero(
