@@ -116,12 +116,12 @@ def _run_record(run: RunView) -> dict[str, Any]:
     return body
 
 
-def signal_of(event: Mapping[str, Any], *, kind: str | None = None) -> dict[str, Any]:
+def signal_of(event: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a feedback event a pair needs, JSON- and Avro-safe."""
     occurred = event["occurred_at"]
     return {
         "event_id": str(event["event_id"]),
-        "kind": kind or str(event.get("kind") or "unknown"),
+        "kind": str(event.get("kind") or "unknown"),
         "occurred_at": occurred if isinstance(occurred, int) else int(occurred.timestamp() * 1000),
         "user_id": event.get("user_id"),
     }

@@ -260,7 +260,7 @@ class JoinStore:
         )
         return cur.rowcount > 0
 
-    # -- feedback waiting for its run -----------------------------------------------------------
+    # -- feedback waiting for its run, and facts waiting for their parent run ----------------------
 
     def add_pending(
         self,
@@ -271,29 +271,13 @@ class JoinStore:
         partition: int,
         offset: int,
     ) -> None:
-        self.begin()
-        self._db.execute(
-            "INSERT INTO pending(run_id, ts, body, topic, part, off) VALUES (?, ?, ?, ?, ?, ?)",
-            (record["run_id"], ts, _dump(record), topic, partition, offset),
+        self._add_waiting(
+            "pending", self._waiting, record["run_id"], record, ts, topic, partition, offset
         )
-        self._waiting.add(record["run_id"])
 
     def pop_pending(self, run_id: str) -> list[tuple[dict[str, Any], str, int, int]]:
         """Feedback that waited for ``run_id``, oldest first: (record, topic, partition, offset)."""
-        if run_id not in self._waiting:
-            return []
-        self._waiting.discard(run_id)
-        rows = self._db.execute(
-            "SELECT body, topic, part, off FROM pending WHERE run_id=? ORDER BY ts, off",
-            (run_id,),
-        ).fetchall()
-        if not rows:
-            return []
-        self.begin()
-        self._db.execute("DELETE FROM pending WHERE run_id=?", (run_id,))
-        return [(json.loads(b), t, int(p), int(o)) for b, t, p, o in rows]
-
-    # -- facts waiting for their parent run --------------------------------------------------------
+        return self._pop_waiting("pending", self._waiting, run_id)
 
     def add_pending_fact(
         self,
@@ -305,27 +289,48 @@ class JoinStore:
         partition: int,
         offset: int,
     ) -> None:
-        self.begin()
-        self._db.execute(
-            "INSERT INTO pending_facts(run_id, ts, body, topic, part, off) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, ts, _dump(body), topic, partition, offset),
+        self._add_waiting(
+            "pending_facts", self._waiting_facts, run_id, body, ts, topic, partition, offset
         )
-        self._waiting_facts.add(run_id)
 
     def pop_pending_facts(self, run_id: str) -> list[tuple[dict[str, Any], str, int, int]]:
         """Facts that waited for ``run_id``, oldest first: (body, topic, partition, offset)."""
-        if run_id not in self._waiting_facts:
+        return self._pop_waiting("pending_facts", self._waiting_facts, run_id)
+
+    def _add_waiting(
+        self,
+        table: str,
+        waiting: set[str],
+        run_id: str,
+        body: Mapping[str, Any],
+        ts: int,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        self.begin()
+        self._db.execute(
+            f"INSERT INTO {table}(run_id, ts, body, topic, part, off) "  # noqa: S608 - fixed names
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, ts, _dump(body), topic, partition, offset),
+        )
+        waiting.add(run_id)
+
+    def _pop_waiting(
+        self, table: str, waiting: set[str], run_id: str
+    ) -> list[tuple[dict[str, Any], str, int, int]]:
+        if run_id not in waiting:
             return []
-        self._waiting_facts.discard(run_id)
+        waiting.discard(run_id)
         rows = self._db.execute(
-            "SELECT body, topic, part, off FROM pending_facts WHERE run_id=? ORDER BY ts, off",
+            f"SELECT body, topic, part, off FROM {table} WHERE run_id=? "  # noqa: S608
+            "ORDER BY ts, off",
             (run_id,),
         ).fetchall()
         if not rows:
             return []
         self.begin()
-        self._db.execute("DELETE FROM pending_facts WHERE run_id=?", (run_id,))
+        self._db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))  # noqa: S608
         return [(json.loads(b), t, int(p), int(o)) for b, t, p, o in rows]
 
     # -- timers (stream time) ---------------------------------------------------------------------
