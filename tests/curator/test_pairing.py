@@ -45,7 +45,7 @@ class AcceptAll:
 class Cluster:
     """``PARTITIONS`` curators, each owning one partition index of every topic."""
 
-    def __init__(self, *, quiet_ms: int = QUIET_MS) -> None:
+    def __init__(self, *, quiet_ms: int = QUIET_MS, window_ms: int = 7 * 24 * 3600 * 1000) -> None:
         self.facts = [LoopbackFacts() for _ in range(PARTITIONS)]
         self.pipelines = [
             Pipeline(
@@ -54,7 +54,7 @@ class Cluster:
                 filter_config_hash="h",
                 curator_version="test",
                 sft_sample_rate=0.0,
-                join_window_ms=7 * 24 * 3600 * 1000,
+                join_window_ms=window_ms,
                 facts=self.facts[p],
                 regenerate_quiet_ms=quiet_ms,
             )
@@ -250,3 +250,24 @@ def test_the_quiet_period_can_be_turned_off(quiet_ms: int) -> None:
     assert c.drain() == []
     c.send("feedback", feedback_event(child, "copy", **_at(121)))
     assert [r["chosen_run_id"] for r in c.drain()] == [child]
+
+
+def test_feedback_waits_for_its_run_until_the_window_ends() -> None:
+    """Feedback before its run joins when the run comes within the window, and gives up (is
+    counted) when it does not."""
+    hour = 60
+    c = Cluster(window_ms=2 * 3600 * 1000)
+    early, lost = str(uuid.uuid4()), str(uuid.uuid4())
+    fix = "Revenue grew 4 % while costs grew 3 %, so the margin improved a little."
+    c.send("feedback", feedback_event(early, "thumbs", -1.0, correction=fix, **_at(0)))
+    c.send("feedback", feedback_event(lost, "thumbs", -1.0, correction=fix, **_at(0)))
+    c.send("run", run_event(early, response=PARENT_TEXT, **_at(1.5 * hour)))  # inside
+    for pipeline in c.pipelines:
+        pipeline.expire(force=True)
+    assert [r["run_id"] for r in c.drain()] == [early]
+    _advance(c, 2.5 * hour)
+    for pipeline in c.pipelines:
+        pipeline.expire(force=True)
+    c.send("run", run_event(lost, response=PARENT_TEXT, **_at(2.6 * hour)))  # too late
+    assert [r["run_id"] for r in c.drain()] == [early]
+    assert sum(p.summary.pending_expired for p in c.pipelines) == 1

@@ -90,7 +90,7 @@ def _curate(args: argparse.Namespace) -> int:
             _write(pipeline, sink, store, written)
             pending = 0
     fed.fire_timers()
-    pipeline.expire()
+    pipeline.expire(force=True)
     _write(pipeline, sink, store, written)
     store.close()
     summary = pipeline.summary.as_dict()

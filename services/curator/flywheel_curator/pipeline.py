@@ -77,6 +77,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Expire joins each time stream time moved by 1/_EXPIRE_EVERY of the window (at most a minute).
+_EXPIRE_EVERY = 10
+
 # The signal kind of a regeneration kept by default: nothing followed it in the quiet period.
 NO_REGENERATE = "no_regenerate"
 
@@ -180,6 +183,7 @@ class Pipeline:
         self._proposals: list[_Proposal] = []
         self._sft: list[CuratedRow] = []
         self._stream_ts = 0
+        self._expired_at = 0  # stream time of the last expiry
 
     # -- events -------------------------------------------------------------------------------
 
@@ -416,10 +420,15 @@ class Pipeline:
 
     # -- retention ----------------------------------------------------------------------------
 
-    def expire(self) -> int:
-        """Drop joins that fell out of the window (by stream time); returns expired feedback."""
-        if self._stream_ts == 0:
+    def expire(self, *, force: bool = False) -> int:
+        """Drop joins that fell out of the window (by stream time); returns expired feedback.
+
+        At most once per ``_EXPIRE_EVERY`` of the window in stream time (or a minute), unless
+        forced: an expiry scans the dedup memory, which grows with every event."""
+        every = min(self.join_window_ms // _EXPIRE_EVERY, 60_000)
+        if self._stream_ts == 0 or (not force and self._stream_ts - self._expired_at < every):
             return 0
+        self._expired_at = self._stream_ts
         expired = self.store.expire(before_ts=self._stream_ts - self.join_window_ms)
         if expired:
             self.summary.pending_expired += expired
