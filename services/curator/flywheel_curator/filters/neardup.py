@@ -190,6 +190,11 @@ class NearDupIndex:
         self.rows = num_perm // bands
         self.shingle_words = shingle_words
         self.max_entries = max_entries
+        # The fewest bands a pair must share to reach the threshold: a band whose key differs
+        # matches in at most rows - 1 of its rows (the key is a function of the rows).
+        self.min_shared_bands = next(
+            b for b in range(bands + 1) if (num_perm - bands + b) / num_perm >= threshold
+        )
         rng = np.random.default_rng(_SEED)
         self._a = rng.integers(0, _MAX_U32, size=(num_perm, 1), dtype=np.uint32) | np.uint32(1)
         self._b = rng.integers(0, _MAX_U32, size=(num_perm, 1), dtype=np.uint32)
@@ -405,11 +410,12 @@ class _NearDupBatch:
         return [near_duplicate(c, score) for c, score in scored]
 
     def recheck(self, i: int) -> Verdict | None:
-        # Only the buckets this call linked can raise the score; the full query is only for
-        # the exact score in a rejection's detail.
+        # Only the buckets this call linked can raise the score, and only a pair that shares
+        # min_shared_bands of them can reach the threshold. The full query is only for the
+        # exact score in a rejection's detail.
         keys = self._keys[i]
         linked = [key for key in keys if key in self._linked]
-        if not linked:
+        if len(linked) < self._index.min_shared_bands:
             return None
         scope, sig = self._scopes[i], self._sigs[i]
         if self._index.query(scope, sig, linked) < self._index.threshold:
