@@ -300,3 +300,119 @@ def test_keyset_matches_a_reference_set_under_random_batches() -> None:
     keys.load(f"{k:016x}" + "0" * 48 for k in range(5000, 5100))
     assert 5050 in keys
     assert len(keys) == len(committed) + 100
+
+
+# --- batching: the fast paths answer as the plain ones -------------------------------------
+
+
+def test_pair_id_and_event_key_are_content_hash() -> None:
+    from flywheel_common.lake.tables import content_hash
+    from flywheel_curator.filters.dedup import normalize_text as norm
+
+    texts = ["", " a  b ", 'quote " back \\ slash', "tab\tnl\nnul\x00", "é e\u0301 İ ΑΣ"]
+    for text in [*texts, "🎉 \u2028"]:
+        prompt = ({"role": "user", "content": text}, {"content": text + "?"})
+        messages = [[m.get("role", ""), norm(m["content"])] for m in prompt]
+        expected = content_hash("dpo_pair/v1", messages, norm(text), norm(text[::-1]))
+        assert pair_id(prompt, text, text[::-1]) == expected
+        parts = (text, "edit", "run-1", None, text)
+        assert event_key(*parts) == content_hash("event/v1", *parts)
+
+
+class SetKeys:
+    """A ``KeyState`` without ``contains_many`` (as a store-backed one may be)."""
+
+    def __init__(self) -> None:
+        self.keys: set[int] = set()
+        self.lookups = 0
+
+    def __contains__(self, key: int) -> bool:
+        self.lookups += 1
+        return key in self.keys
+
+    def add(self, key: int) -> None:
+        self.keys.add(key)
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def load(self, keys: object) -> None: ...
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def test_dedup_batches_look_each_key_up_once(make_candidate: MakeCandidate) -> None:
+    from flywheel_curator.filters import FilterSettings, FilterState, build_filters
+
+    settings = FilterSettings(near_dup={"enabled": False}, toxicity={"enabled": False})
+    state = FilterState.in_memory(settings)
+    state.pairs, state.events = SetKeys(), SetKeys()
+    chain = build_filters(settings, state)
+    batch = [make_candidate(chosen=f"answer {i % 3}", event_id=f"e{i}") for i in range(6)]
+    verdicts = chain.run_many(batch)
+    assert [v.accepted for v in verdicts] == [True, True, True, False, False, False]
+    assert all(v.reasons == (DUPLICATE,) for v in verdicts[3:])
+    assert state.pairs.lookups == 3  # distinct pairs, once each; the re-checks ask nobody
+    assert state.events.lookups == 6
+
+
+def test_keyset_contains_many_matches_contains() -> None:
+    keys = KeySet(max_entries=100)
+    keys.load(range(0, 40, 2))
+    keys.add(41)
+    keys.add(4)  # already committed
+    probe = [0, 1, 4, 41, 38, 39, 99, 41]
+    assert keys.contains_many(probe) == [k in keys for k in probe]
+    keys.commit()
+    assert len(keys) == 21
+    assert keys.contains_many(probe) == [k in keys for k in probe]
+
+
+def _reference_signature(ix: NearDupIndex, chosen: str, rejected: str) -> list[int]:
+    """The per-pair MinHash as first written: the batched one must match it bit for bit."""
+    import numpy as np
+    from flywheel_curator.filters import neardup
+
+    def grams(wh: np.ndarray, tag: np.uint32, k: int) -> np.ndarray:  # type: ignore[type-arg]
+        n = len(wh)
+        if n == 0:
+            return np.array([neardup._EMPTY ^ tag], dtype=np.uint32)
+        k = min(k, n)
+        g = wh[: n - k + 1] ^ tag
+        for j in range(1, k):
+            g = g * neardup._GRAM_MULT + wh[j : n - k + 1 + j]
+        return g
+
+    hashes, starts = neardup._word_hashes(f"{chosen}\n{rejected}".lower().encode("utf-8"))
+    split = int(np.searchsorted(starts, len(chosen.lower().encode("utf-8"))))
+    k = ix.shingle_words
+    h = np.concatenate(
+        [
+            grams(hashes[:split], neardup._TAG_CHOSEN, k),
+            grams(hashes[split:], neardup._TAG_REJECTED, k),
+        ]
+    )
+    return list((ix._a * h + ix._b).min(axis=1).tolist())
+
+
+@pytest.mark.parametrize("shingle_words", [1, 3, 5])
+def test_batched_signatures_match_one_pair_at_a_time(shingle_words: int) -> None:
+    import random
+
+    rng = random.Random(shingle_words)
+    words = ["a", "Bb", "ΑΣ", "straße", "İ", "日本語", "x" * 300, "123", "_", "e\u0301", "🎉"]
+    seps = [" ", "\n", ", ", "-", ""]
+
+    def text() -> str:
+        n = rng.choice([0, 1, 2, 3, 4, 10, 40])
+        return "".join(rng.choice(words) + rng.choice(seps) for _ in range(n))
+
+    ix = NearDupIndex(
+        threshold=0.8, num_perm=32, bands=8, shingle_words=shingle_words, max_entries=4
+    )
+    pairs = [(text(), text()) for _ in range(300)]
+    sigs = ix.signatures(pairs)
+    for (chosen, rejected), sig in zip(pairs, sigs, strict=True):
+        assert sig.tolist() == _reference_signature(ix, chosen, rejected)
