@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import re
 import urllib.error
 import urllib.request
@@ -454,7 +453,7 @@ class ToxicityFilter:
                 raise ToxicityScorerError(backend, f"{type(exc).__name__}: {exc}") from exc
             if len(answer) != len(chunk):
                 raise ToxicityScorerError(backend, f"{len(answer)} scores for {len(chunk)} texts")
-            bad = [s for s in answer if not (math.isfinite(s) and 0.0 <= s <= 1.0)]
+            bad = [s for s in answer if not 0.0 <= s <= 1.0]  # NaN and inf fail it too
             if bad:
                 raise ToxicityScorerError(backend, f"scores outside [0, 1]: {bad[:3]}")
             scores.extend(answer)
@@ -467,6 +466,9 @@ class ToxicityFilter:
             return type(self.scorer).__name__
 
     def _verdict(self, candidate: Candidate, chosen: float, rejected: float) -> Verdict:
+        scores = {"toxicity": chosen, "toxicity_rejected": rejected}
+        if chosen < self.relative_floor:  # below max_score too: clean, the common case
+            return Verdict(candidate=candidate, accepted=True, scores=scores)
         reasons: list[str] = []
         details: list[str] = []
         if chosen >= self.max_score:
@@ -477,7 +479,6 @@ class ToxicityFilter:
             details.append(
                 f"chosen {chosen:.3f} > rejected {rejected:.3f} + {self.relative_margin}"
             )
-        scores = {"toxicity": chosen, "toxicity_rejected": rejected}
         if not reasons:
             return Verdict(candidate=candidate, accepted=True, scores=scores)
         return Verdict(
