@@ -58,3 +58,19 @@ def test_state_of_another_lake_is_refused(tmp_path: Path) -> None:
     JoinStore(tmp_path / "s.sqlite", identity="lake-a|g").close()
     with pytest.raises(ConfigError, match=r"belongs to 'lake-a\|g'"):
         JoinStore(tmp_path / "s.sqlite", identity="lake-b|g")
+
+
+def test_store_keys_answer_many_lookups_as_one_at_a_time() -> None:
+    from flywheel_curator.filters.dedup import BatchKeyState, contains_many
+    from flywheel_curator.joins import StoreKeys
+
+    store = JoinStore(None, identity="t")
+    keys = StoreKeys(store, ns="pair_dedup")
+    assert isinstance(keys, BatchKeyState)  # the chain takes the batch path
+    held = [i * 7919 for i in range(700)]
+    for key in held:
+        keys.add(key)
+    store.commit({})
+    asked = [*range(0, 7919 * 1300, 3001), *held[:5], 2**64 - 1]  # > one IN chunk, repeats
+    assert keys.contains_many(asked) == [k in keys for k in asked]
+    assert contains_many(keys, asked) == [k in set(held) for k in asked]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+# Keys per ``IN (...)`` query: well under SQLite's default limit of 32,766 parameters.
+_IN_CHUNK = 500
 _TABLES = ("runs", "pending", "pending_facts", "timers", "rated", "seen", "counters", "applied")
 # The pipeline's own memories, which only need to outlive client retries, replays and joins.
 _JOIN_NAMESPACES = ("event", "rated", "sft", "fact", "regenerated", "spurned")
@@ -398,6 +400,21 @@ class JoinStore:
         )
         return cur.rowcount > 0
 
+    def seen_among(self, ns: str, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` are remembered under ``ns``."""
+        found: set[str] = set()
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in self._db.execute(
+                    f"SELECT key FROM seen WHERE ns=? AND key IN ({marks})",  # noqa: S608
+                    (ns, *chunk),
+                )
+            )
+        return found
+
     def is_seen(self, ns: str, key: str) -> bool:
         row = self._db.execute("SELECT 1 FROM seen WHERE ns=? AND key=?", (ns, key)).fetchone()
         return row is not None
@@ -466,6 +483,11 @@ class StoreKeys:
 
     def __contains__(self, key: int) -> bool:
         return self._store.is_seen(self._ns, _hex(key))
+
+    def contains_many(self, keys: Sequence[int]) -> list[bool]:
+        """``[k in self for k in keys]`` in a few queries (the chain's batch lookup)."""
+        found = self._store.seen_among(self._ns, [_hex(k) for k in keys])
+        return [_hex(k) in found for k in keys]
 
     def add(self, key: int) -> None:
         self._store.add_seen(self._ns, _hex(key), ts=0)
