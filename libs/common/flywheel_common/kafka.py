@@ -4,10 +4,10 @@ named guarantees instead of ad-hoc config dicts."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from flywheel_common.errors import BrokerUnavailableError, ConfigError
@@ -19,9 +19,11 @@ __all__ = [
     "base_config",
     "consumer_config",
     "ensure_topics",
+    "flush_or_raise",
     "make_admin",
     "make_consumer",
     "make_producer",
+    "produce_when_room",
     "producer_config",
     "wait_for_broker",
 ]
@@ -106,6 +108,34 @@ def consumer_config(
 
 def make_producer(settings: KafkaSettings, **kwargs: Any) -> Producer:
     return Producer(producer_config(settings, **kwargs))
+
+
+def produce_when_room(
+    producer: Producer,
+    topic: str,
+    *,
+    value: bytes,
+    key: bytes | None,
+    on_delivery: Callable[[KafkaError | None, Message], None],
+) -> None:
+    """``produce``, serving delivery reports to make room while the local queue is full
+    (for background producers that may wait; a request handler answers 503 instead)."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+def flush_or_raise(producer: Producer, *, timeout_s: float, failed: int, what: str) -> None:
+    """Wait until everything produced is acknowledged; ``failed`` is how many delivery reports
+    since the last flush were errors. Raises ``BrokerUnavailableError`` unless all went through."""
+    left = producer.flush(timeout_s)
+    if left or failed:
+        raise BrokerUnavailableError(
+            f"{left} {what} not acknowledged and {failed} failed within {timeout_s}s"
+        )
 
 
 def make_consumer(settings: KafkaSettings, *, group_id: str, **kwargs: Any) -> Consumer:

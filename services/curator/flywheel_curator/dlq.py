@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, Message, Producer
 from flywheel_common.codec import AvroCodec
-from flywheel_common.errors import BrokerUnavailableError
+from flywheel_common.kafka import flush_or_raise, produce_when_room
 from flywheel_common.settings import KafkaSettings
 
 from flywheel_curator import metrics
@@ -98,23 +98,15 @@ class Notifier:
         )
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports to make room, then try again.
-                self._producer.poll(0.1)
+        produce_when_room(
+            self._producer, topic, value=value, key=key, on_delivery=self._on_delivery
+        )
         self._producer.poll(0)
 
     def flush(self, timeout_s: float = _FLUSH_TIMEOUT_S) -> None:
         """Wait until everything produced so far is acknowledged; raise if anything was not."""
-        left = self._producer.flush(timeout_s)
         failed, self._failed = self._failed, 0
-        if left or failed:
-            raise BrokerUnavailableError(
-                f"{left} messages not acknowledged and {failed} failed within {timeout_s}s"
-            )
+        flush_or_raise(self._producer, timeout_s=timeout_s, failed=failed, what="messages")
 
     def poll(self) -> None:
         self._producer.poll(0)

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 from flywheel_common.codec import AvroCodec
-from flywheel_common.errors import BrokerUnavailableError
+from flywheel_common.kafka import flush_or_raise, produce_when_room
 from flywheel_common.lake import content_hash
 
 from flywheel_curator.candidate import KafkaOrigin
@@ -242,24 +242,15 @@ class KafkaFacts:
             return
         facts, self._buffer = self._buffer, []
         for fact in facts:
-            value = self._codec.encode(FACT_RECORD, fact.to_record())
-            while True:
-                try:
-                    self._producer.produce(
-                        self.topic,
-                        value=value,
-                        key=fact.key.encode(),
-                        on_delivery=self._on_delivery,
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.1)
-        left = self._producer.flush(timeout_s)
-        failed, self._failed = self._failed, 0
-        if left or failed:
-            raise BrokerUnavailableError(
-                f"{left} pairing facts not acknowledged and {failed} failed within {timeout_s}s"
+            produce_when_room(
+                self._producer,
+                self.topic,
+                value=self._codec.encode(FACT_RECORD, fact.to_record()),
+                key=fact.key.encode(),
+                on_delivery=self._on_delivery,
             )
+        failed, self._failed = self._failed, 0
+        flush_or_raise(self._producer, timeout_s=timeout_s, failed=failed, what="pairing facts")
 
     def poll(self) -> None:
         self._producer.poll(0)

@@ -486,8 +486,9 @@ class StoreKeys:
 
     def contains_many(self, keys: Sequence[int]) -> list[bool]:
         """``[k in self for k in keys]`` in a few queries (the chain's batch lookup)."""
-        found = self._store.seen_among(self._ns, [_hex(k) for k in keys])
-        return [_hex(k) in found for k in keys]
+        hexed = [_hex(k) for k in keys]
+        found = self._store.seen_among(self._ns, hexed)
+        return [h in found for h in hexed]
 
     def add(self, key: int) -> None:
         self._store.add_seen(self._ns, _hex(key), ts=0)

@@ -357,15 +357,15 @@ class Pipeline:
             if stored is None or not self.store.mark_run(run_id, flag="kept"):
                 continue  # expired, or already kept by an explicit signal
             run = RunView.from_json(stored.record)
+            quiet_until = run.event_time_ms + self.regenerate_quiet_ms
             signal = {
                 "event_id": run.event_id or run.run_id,
                 "kind": NO_REGENERATE,
-                "occurred_at": run.event_time_ms + self.regenerate_quiet_ms,
+                "occurred_at": quiet_until,
                 "user_id": run.user_id,
             }
             origin = KafkaOrigin(stored.topic, stored.partition, stored.offset)
-            due = run.event_time_ms + self.regenerate_quiet_ms
-            self.facts.emit(kept_fact(run, signal, origin, ts=max(due, self._stream_ts)))
+            self.facts.emit(kept_fact(run, signal, origin, ts=max(quiet_until, self._stream_ts)))
             fired += 1
         return fired
 
