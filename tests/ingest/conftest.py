@@ -18,8 +18,9 @@ import uvicorn
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from flywheel_common import AvroCodec, Decoded, KafkaSettings, Topics
 from flywheel_common.kafka import ensure_topics, make_consumer
-from flywheel_ingest.app import create_app
+from flywheel_ingest.app import IngestApp, create_app
 from flywheel_ingest.auth import hash_api_key
+from flywheel_ingest.server import server_config
 from flywheel_ingest.settings import ApiKey, IngestSettings
 from pydantic import SecretStr
 
@@ -47,6 +48,7 @@ class IngestServer:
     url: str
     settings: IngestSettings
     server: uvicorn.Server
+    app: IngestApp
 
     def client(self, key: str | None = ACME_KEY) -> httpx.Client:
         headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -60,23 +62,15 @@ def serve(settings: IngestSettings) -> Iterator[IngestServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            loop="uvloop",
-            http="httptools",
-            ws="none",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-        )
-    )
+    app = create_app(settings)
+    # The deployed server configuration: every bound and guard of ``server_config`` applies.
+    server = uvicorn.Server(server_config(app, settings, on_refused=app.record_refused_connection))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started or not thread.is_alive(), timeout_s=_START_TIMEOUT_S)
         assert server.started, "ingest did not start"
-        yield IngestServer(f"http://127.0.0.1:{port}", settings, server)
+        yield IngestServer(f"http://127.0.0.1:{port}", settings, server, app)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

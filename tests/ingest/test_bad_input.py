@@ -36,12 +36,19 @@ def with_(base: dict[str, object], **changes: object) -> bytes:
 DROP = object()
 
 
-def signed(body: bytes, *, ts: str | None = None, sig_body: bytes | None = None) -> dict[str, str]:
+def signed(
+    body: bytes,
+    *,
+    ts: str | None = None,
+    sig_body: bytes | None = None,
+    path: str = "/v1/runs",
+) -> dict[str, str]:
     ts = ts or str(int(time.time()))
+    secret = GLOBEX_SECRET.encode()
     return {
         **GLOBEX,
         TIMESTAMP_HEADER: ts,
-        SIGNATURE_HEADER: sign(GLOBEX_SECRET.encode(), ts, body if sig_body is None else sig_body),
+        SIGNATURE_HEADER: sign(secret, ts, body if sig_body is None else sig_body, path=path),
     }
 
 
@@ -225,7 +232,9 @@ CASES: dict[str, Case] = {
         type="bad_signature",
         headers={
             **signed(with_(RUN)),
-            SIGNATURE_HEADER: sign(b"wrong-secret", str(int(time.time())), with_(RUN)),
+            SIGNATURE_HEADER: sign(
+                b"wrong-secret", str(int(time.time())), with_(RUN), path="/v1/runs"
+            ),
         },
     ),
 }
