@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from flywheel_common import AvroCodec, Decoded, KafkaSettings, Topics
 from flywheel_common.kafka import ensure_topics, make_consumer
 from flywheel_ingest.app import IngestApp, create_app
@@ -123,12 +123,22 @@ def wait_for(condition: Callable[[], object], *, timeout_s: float, every_s: floa
 def topic_sizes(kafka: KafkaSettings) -> dict[str, int]:
     """Messages on each event topic (high minus low watermark, summed over partitions)."""
     consumer = make_consumer(kafka, group_id=f"g{uuid.uuid4().hex}")
+    deadline = time.monotonic() + 20
     try:
         sizes = {}
         for topic in kafka.topics.all():
             total = 0
             for p in range(PARTITIONS):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                while True:
+                    try:
+                        low, high = consumer.get_watermark_offsets(
+                            TopicPartition(topic, p), timeout=10
+                        )
+                        break
+                    except KafkaException:  # a fresh topic's leader is still being elected
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
                 total += high - low
             sizes[topic] = total
         return sizes

@@ -47,6 +47,7 @@ __all__ = [
     "RouteName",
     "Run",
     "TokenUsage",
+    "Unacknowledged",
     "largest_field",
     "new_event_ids",
     "parse_events",
@@ -281,6 +282,15 @@ class ErrorBody(_Model):
     """Every 4xx/5xx answer."""
 
     errors: list[ErrorDetail]
+
+
+class Unacknowledged(ErrorBody):
+    """503: not every event is known to be stored; retry the others with the same ids."""
+
+    event_ids: list[str] = Field(description="The id of every posted event, in order.")
+    stored_event_ids: list[str] = Field(
+        description="Those the broker acknowledged: stored; a retry of them is deduplicated."
+    )
 
 
 def to_record(
