@@ -125,7 +125,7 @@ def test_slow_body_is_answered_408_and_closed(guarded: IngestServer) -> None:
             + f"authorization: Bearer {ACME_KEY}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
-        answer, closed_after = _read_until_closed(sock, deadline_s=BODY_TIMEOUT_S + GRACE_S)
+        answer, _ = _read_until_closed(sock, deadline_s=BODY_TIMEOUT_S + GRACE_S)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b'"body_timeout"' in answer
     assert set(topic_sizes(guarded.settings.kafka).values()) == {0}
