@@ -30,6 +30,9 @@ ACME_KEY = "test-key-acme-0123456789"
 GLOBEX_KEY = "test-key-globex-0123456789"
 GLOBEX_SECRET = "globex-signing-secret"  # noqa: S105 - a test secret
 SLOW_KEY = "test-key-slow-0123456789"
+BROWSER_KEY = "test-key-browser-0123456789"
+FEEDBACK_KEY = "test-key-feedback-0123456789"
+APP_ORIGIN = "https://app.example.com"
 
 API_KEYS = (
     ApiKey(tenant="acme", key_sha256=hash_api_key(ACME_KEY)),
@@ -39,6 +42,14 @@ API_KEYS = (
         signing_secret=SecretStr(GLOBEX_SECRET),
     ),
     ApiKey(tenant="slow", key_sha256=hash_api_key(SLOW_KEY), rate_per_s=0.001, burst=3),
+    ApiKey(
+        tenant="acme",
+        key_sha256=hash_api_key(BROWSER_KEY),
+        kind="browser",
+        scopes=frozenset({"feedback"}),
+        allowed_origins=(APP_ORIGIN, "http://localhost:3000"),
+    ),
+    ApiKey(tenant="acme", key_sha256=hash_api_key(FEEDBACK_KEY), scopes=frozenset({"feedback"})),
 )
 _START_TIMEOUT_S = 30.0
 
