@@ -129,6 +129,10 @@ def test_slow_body_is_answered_408_and_closed(guarded: IngestServer) -> None:
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b'"body_timeout"' in answer
     assert set(topic_sizes(guarded.settings.kafka).values()) == {0}
+    with httpx.Client(base_url=guarded.url) as client:
+        metrics = client.get("/metrics").text
+    assert 'flywheel_ingest_refused_connections_total{reason="body_timeout"} 1.0' in metrics
+    assert 'status="500"' not in metrics
 
 
 @pytest.mark.parametrize(

@@ -93,9 +93,10 @@ class IngestApp:
         await send_json(send, status, error, answer)
 
     def record_refused_connection(self, reason: str) -> None:
-        """A connection closed by the server's guards (slow headers, oversized headers)."""
+        """A connection closed by the server's guards (slow headers or body, oversized headers)."""
         self.metrics.refused_connections.labels(reason).inc()
-        self.rejections.record("connection", 408 if reason == "header_timeout" else 431, reason)
+        status = 431 if reason == "headers_too_large" else 408
+        self.rejections.record("connection", status, reason)
 
 
 def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

@@ -1,10 +1,10 @@
-"""A request body, read within its deadline and limits: content type and encoding checked,
-gzip decompressed in bounded steps (the limit applies on the wire and after decompression, so a
-decompression bomb costs at most ``limit + 1`` bytes of output, then 413)."""
+"""A request body, read within its limits (its deadline is the server protocol's: see
+``server``): content type and encoding checked, gzip decompressed in bounded steps (the limit
+applies on the wire and after decompression, so a decompression bomb costs at most
+``limit + 1`` bytes of output, then 413)."""
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from collections.abc import Mapping
 
@@ -14,7 +14,6 @@ from starlette.types import Receive
 from flywheel_ingest.errors import (
     InvalidBody,
     PayloadTooLarge,
-    RequestTimeout,
     UnsupportedMediaType,
 )
 
@@ -23,7 +22,6 @@ __all__ = ["check_content_type", "check_encoding", "gunzip", "read_body"]
 _JSON = "application/json"
 _TEXT = "text/plain"  # what navigator.sendBeacon can send without a preflight (browser keys)
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer, nothing else
-_CLOSE = {"connection": "close"}
 
 
 def check_content_type(headers: Mapping[str, str], *, browser: bool) -> None:
@@ -62,40 +60,29 @@ def _too_large(limit: int, what: str) -> PayloadTooLarge:
     )
 
 
-async def read_body(
-    headers: Mapping[str, str], receive: Receive, *, limit: int, timeout_s: float
-) -> bytes:
-    """The body as sent, refused with 413 as soon as it is known to exceed ``limit`` bytes and
-    with 408 (closing the connection) when it is not all there within ``timeout_s``.
+async def read_body(headers: Mapping[str, str], receive: Receive, *, limit: int) -> bytes:
+    """The body as sent, refused with 413 as soon as it is known to exceed ``limit`` bytes.
 
     Raises:
-        ClientDisconnect: the client went away; there is no one to answer.
+        ClientDisconnect: the client went away (or the server closed a body past its
+            deadline); there is no one to answer.
     """
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, "body")
     chunks: list[bytes] = []
     size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnect
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit, "body")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {timeout_s:g}s",
-            loc=("body",),
-            type="body_timeout",
-            headers=_CLOSE,
-        ) from None
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, "body")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def gunzip(data: bytes, *, limit: int) -> bytes:

@@ -4,7 +4,6 @@
     └── RequestRejected            carries status, error details and extra headers
         ├── Unauthorized           401: missing/unknown key, bad or stale signature
         ├── Forbidden              403: event type outside the key's scopes, origin not allowed
-        ├── RequestTimeout         408: the body did not arrive within its deadline
         ├── PayloadTooLarge        413: body (wire or decompressed), batch count or burst, or
         │                               one event over the Kafka message limit
         ├── UnsupportedMediaType   415: not application/json, or an encoding other than gzip
@@ -30,7 +29,6 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RequestRejected",
-    "RequestTimeout",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
@@ -71,10 +69,6 @@ class Unauthorized(RequestRejected):
 
 class Forbidden(RequestRejected):
     status = 403
-
-
-class RequestTimeout(RequestRejected):
-    status = 408
 
 
 class PayloadTooLarge(RequestRejected):

@@ -2,10 +2,11 @@
 
 The checks run in the order that costs least for a bad request: key (401, or 429 for an address
 without a valid key), origin (403), rate (429), scope of a single-event route (403), content
-type and encoding (415), body within its deadline and limits (408/413), signature (401), gzip
-(400/413), fields (400/422), scopes of a batch (403), burst and rate (413/429), message size
-(413). Only then is anything produced, and 202 answered after the broker's ack. A refused
-request costs its key (or its address) a token and is counted, and logged in aggregate.
+type and encoding (415), body within its limits (413; its deadline, 408, is the server
+protocol's), signature (401), gzip (400/413), fields (400/422), scopes of a batch (403), burst
+and rate (413/429), message size (413). Only then is anything produced, and 202 answered after
+the broker's ack. A refused request costs its key (or its address) a token and is counted, and
+logged in aggregate.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class EventHandler:
         check_content_type(headers, browser=caller.kind == "browser")
         gzipped = check_encoding(headers)
         limit = settings.max_body_bytes
-        body = await read_body(headers, receive, limit=limit, timeout_s=settings.body_timeout_s)
+        body = await read_body(headers, receive, limit=limit)
         self._auth.verify_signature(caller, headers, body, method="POST", path=scope["path"])
         if gzipped:
             body = gunzip(body, limit=limit)

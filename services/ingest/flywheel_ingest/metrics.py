@@ -48,7 +48,7 @@ class IngestMetrics:
         )
         self.refused_connections = Counter(
             "flywheel_ingest_refused_connections",
-            "Connections the server closed: header_timeout (slow headers), headers_too_large.",
+            "Connections the server closed: header_timeout, body_timeout, headers_too_large.",
             ["reason"],
             registry=self.registry,
         )
