@@ -14,6 +14,7 @@ __all__ = [
     "COMMITS",
     "COMMIT_SECONDS",
     "CONSUMED",
+    "CROSS_TENANT",
     "DLQ",
     "DUPLICATE_EVENTS",
     "FACTS_UNKNOWN",
@@ -45,6 +46,11 @@ REJECTED = Counter("flywheel_curator_pairs_rejected", "Candidates rejected", ["r
 SFT = Counter("flywheel_curator_sft_sampled", "Runs sampled into sft_examples")
 JOIN_PENDING = Counter("flywheel_curator_join_pending", "Feedback that waited for its run")
 JOIN_EXPIRED = Counter("flywheel_curator_join_expired", "Feedback whose run never came in time")
+CROSS_TENANT = Counter(
+    "flywheel_curator_cross_tenant_references",
+    "Events and pairing facts refused for naming another tenant's run",
+    ["join"],
+)
 JOIN_MISSES = Counter("flywheel_curator_join_misses", "Joins that found nothing", ["join"])
 COMMITS = Counter("flywheel_curator_commits", "Delta commits", ["table"])
 COMMIT_SECONDS = Histogram(

@@ -1,0 +1,42 @@
+"""Events and pairing facts the pipeline reads but refuses to use, and why: the caller
+dead-letters each one (the stream) or names it (``flywheel curate``). A refused message leaves
+no trace in the join state, its event id included, so a corrected copy is not a duplicate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = [
+    "CROSS_TENANT",
+    "JoinName",
+    "Refusal",
+    "RefusalReason",
+    "cross_tenant",
+]
+
+RefusalReason = Literal["cross_tenant_reference"]
+CROSS_TENANT: Final = "cross_tenant_reference"
+# Which join a cross-tenant reference tried: the label of the metric.
+JoinName = Literal["feedback", "edit", "kept", "regenerated", "rated"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A dead-letter reason code, what is wrong, and the tenant the message came from."""
+
+    reason: RefusalReason
+    detail: str
+    tenant: str | None
+    join: JoinName | None = None
+
+
+def cross_tenant(join: JoinName, tenant: str, what: str) -> Refusal:
+    """``what`` names the reference; the other tenant is never named (a dead letter is read by
+    operators, and it must not tell one tenant what another holds)."""
+    return Refusal(
+        CROSS_TENANT,
+        f"{join} of tenant {tenant!r}: {what} belongs to another tenant",
+        tenant,
+        join,
+    )
