@@ -45,6 +45,7 @@ _IN_CHUNK = 500
 _LEGACY_NAMESPACES = tuple(ns + LEGACY_SUFFIX for ns in RUN_MARK_NAMESPACES)
 # The pipeline's own memories, which only need to outlive client retries, replays and joins.
 _JOIN_NAMESPACES = ("event", "rated", "fact", *RUN_MARK_NAMESPACES, *_LEGACY_NAMESPACES)
+_STREAM_TIME = "stream_time"
 _RUN_COLUMNS = "tenant, body, topic, part, off, edited, sampled, kept"
 
 
@@ -181,8 +182,23 @@ class JoinStore:
         self._db.execute("BEGIN")
         for table in TABLES:
             self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        self._db.execute("DELETE FROM meta WHERE key=?", (_STREAM_TIME,))
         self._db.execute("COMMIT")
         self._load_waiting()
+
+    def stream_time(self) -> int:
+        """The stream time committed with the state (0 if none)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (_STREAM_TIME,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_stream_time(self, ts: int) -> None:
+        """Stream time as of this batch, committed (or rolled back) with it."""
+        self.begin()
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (_STREAM_TIME, str(ts)),
+        )
 
     def close(self) -> None:
         self.rollback()

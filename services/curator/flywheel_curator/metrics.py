@@ -18,6 +18,7 @@ __all__ = [
     "DLQ",
     "DUPLICATE_EVENTS",
     "FACTS_UNKNOWN",
+    "FUTURE_EVENTS",
     "JOIN_EXPIRED",
     "JOIN_MISSES",
     "JOIN_PENDING",
@@ -27,6 +28,7 @@ __all__ = [
     "ROWS_WRITTEN",
     "SFT",
     "STATE_ROWS",
+    "STREAM_TIME_HELD_BACK",
     "labeled",
 ]
 
@@ -50,6 +52,14 @@ CROSS_TENANT = Counter(
     "flywheel_curator_cross_tenant_references",
     "Events and pairing facts refused for naming another tenant's run",
     ["join"],
+)
+FUTURE_EVENTS = Counter(
+    "flywheel_curator_future_events",
+    "Events and pairing facts refused for a receive time too far ahead of the wall clock",
+)
+STREAM_TIME_HELD_BACK = Counter(
+    "flywheel_curator_stream_time_held_back",
+    "Events that would have moved stream time further than one event may",
 )
 JOIN_MISSES = Counter("flywheel_curator_join_misses", "Joins that found nothing", ["join"])
 COMMITS = Counter("flywheel_curator_commits", "Delta commits", ["table"])

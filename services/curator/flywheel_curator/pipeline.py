@@ -42,7 +42,7 @@ from flywheel_curator.filters import (
     pair_id,
 )
 from flywheel_curator.joins import JoinStore, StoredRun, StoreKeys
-from flywheel_curator.refusals import Refusal
+from flywheel_curator.refusals import Refusal, future
 from flywheel_curator.sources import (
     POSITIVE,
     RunView,
@@ -59,6 +59,7 @@ from flywheel_curator.sources import (
     sft_sampled,
     user_hash,
 )
+from flywheel_curator.stream_time import StreamClock
 from flywheel_curator.tenancy import resolve_event, resolve_fact
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ class Summary:
     pending_expired: int = 0
     facts: Counter[str] = field(default_factory=Counter)
     duplicate_facts: int = 0
+    stream_time_held_back: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +149,7 @@ class Summary:
             "pending_expired": self.pending_expired,
             "pairing_facts": dict(self.facts),
             "duplicate_facts": self.duplicate_facts,
+            "stream_time_held_back": self.stream_time_held_back,
         }
 
 
@@ -171,6 +174,7 @@ class Pipeline:
         facts: FactSink,
         regenerate_quiet_ms: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+        stream: StreamClock | None = None,
     ) -> None:
         self.store = store
         self.chain = chain
@@ -184,7 +188,10 @@ class Pipeline:
         self.summary = Summary()
         self._proposals: list[_Proposal] = []
         self._sft: list[CuratedRow] = []
-        self._stream_ts = 0
+        # Unbounded unless told (``build_pipeline`` passes the settings' bounds); resumes from
+        # the stream time committed with the state.
+        self.stream = stream if stream is not None else StreamClock()
+        self.stream.now = max(self.stream.now, store.stream_time())
         self._expired_at = 0  # stream time of the last expiry
 
     # -- events -------------------------------------------------------------------------------
@@ -193,15 +200,17 @@ class Pipeline:
         self, event_type: EventType, record: Mapping[str, Any], origin: KafkaOrigin
     ) -> Refusal | None:
         """Apply one validated event to the state and collect the candidates it completes.
-        A refused event (naming another tenant's run) is counted and returned for the caller
-        to dead-letter; it leaves the state as it was."""
+        A refused event (stamped in the future, or naming another tenant's run) is counted
+        and returned for the caller to dead-letter; it leaves the state as it was."""
         ts = event_ts_ms(record)
         tenant = record["tenant"]
+        if (refusal := self._future(ts, tenant)) is not None:
+            return self._refuse(refusal)
         inline = inline_run(record) if event_type == "feedback" else None
         ref = resolve_event(self.store, event_type, record, inline=inline is not None)
         if isinstance(ref, Refusal):
             return self._refuse(ref)
-        self._stream_ts = max(self._stream_ts, ts)
+        self._advance(origin, ts)
         # A client retry re-sends the same event_id: count it once (a retried thumbs-down must
         # not become two corrections, nor count twice against a cap).
         event_key = f"{event_type}\x00{tenant}\x00{record['event_id']}"
@@ -220,11 +229,25 @@ class Pipeline:
             self._propose(edit_candidate(record, origin), (origin,))
         return None
 
+    def _future(self, ts: int, tenant: str | None) -> Refusal | None:
+        ahead = self.stream.too_far_ahead(ts)
+        if ahead is None:
+            return None
+        wall, limit = ahead
+        return future(tenant, received_ms=ts, wall_ms=wall, limit_ms=limit)
+
     def _refuse(self, refusal: Refusal) -> Refusal:
         self.summary.dlq[refusal.reason] += 1
         if refusal.join is not None:
             metrics.labeled(metrics.CROSS_TENANT, refusal.join).inc()
+        else:
+            metrics.FUTURE_EVENTS.inc()
         return refusal
+
+    def _advance(self, origin: KafkaOrigin, ts: int) -> None:
+        if not self.stream.advance((origin.topic, origin.partition), ts):
+            self.summary.stream_time_held_back += 1
+            metrics.STREAM_TIME_HELD_BACK.inc()
 
     def _on_run(self, record: Mapping[str, Any], origin: KafkaOrigin, ts: int) -> None:
         view = RunView.of_run(record)
@@ -312,10 +335,12 @@ class Pipeline:
     def process_fact(self, fact: Fact, origin: KafkaOrigin) -> Refusal | None:
         """Apply one pairing fact read at ``origin`` (see ``facts.py``); a refused fact is
         counted and returned, as for ``process``."""
+        if (refusal := self._future(fact.ts, fact.tenant)) is not None:
+            return self._refuse(refusal)
         ref = resolve_fact(self.store, fact)
         if isinstance(ref, Refusal):
             return self._refuse(ref)
-        self._stream_ts = max(self._stream_ts, fact.ts)
+        self._advance(origin, fact.ts)
         if not self.store.add_seen("fact", fact.fact_id, ts=fact.ts):
             self.summary.duplicate_facts += 1
             return None
@@ -380,7 +405,7 @@ class Pipeline:
     def fire_timers(self) -> int:
         """Regenerations whose quiet period passed in stream time with no further regenerate
         and no sign of being turned away count as kept; returns how many."""
-        now = self._stream_ts
+        now = self.stream.now
         if self.regenerate_quiet_ms <= 0 or now == 0:
             return 0
         fired = 0
@@ -461,7 +486,7 @@ class Pipeline:
         At most once per ``_EXPIRE_EVERY`` of the window in stream time (or a minute), unless
         forced: an expiry scans the dedup memory, which grows with every event."""
         every = min(self.join_window_ms // _EXPIRE_EVERY, 60_000)
-        now = self._stream_ts
+        now = self.stream.now
         if now == 0 or (not force and now - self._expired_at < every):
             return 0
         self._expired_at = now
@@ -477,6 +502,7 @@ class Pipeline:
         """Filter the collected candidates and return every row they and the sampler made."""
         proposals, self._proposals = self._proposals, []
         sft, self._sft = self._sft, []
+        self.store.set_stream_time(self.stream.now)  # committed with the batch's state
         rows: list[CuratedRow] = list(sft)
         if not proposals:
             return rows
@@ -696,6 +722,10 @@ def build_pipeline(
         join_window_ms=int(settings.join_window_s * 1000),
         facts=facts,
         regenerate_quiet_ms=int(settings.regenerate_quiet_s * 1000),
+        stream=StreamClock(
+            max_ahead_of_wall_ms=int(settings.stream_time.max_ahead_of_wall_s * 1000),
+            max_step_ms=int(settings.stream_time.max_step_s * 1000),
+        ),
     )
 
 
