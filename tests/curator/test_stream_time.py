@@ -201,6 +201,11 @@ def test_curate_keeps_what_waits_across_a_future_event(tmp_path: Path) -> None:
     assert summaries[1]["duplicate_events"] == 1
     lost, extra = _lost(_candidates(lake), story.expected())
     assert (lost, extra) == (0, 0)
+    print(  # noqa: T201 - the figures RELIABILITY.md quotes (pytest -s shows them)
+        f"curate: events={len(story.before()) + len(outliers) + len(story.after())} "
+        f"future={FUTURE} held_back={summaries[0]['stream_time_held_back']} "
+        f"lost_joins={lost} extra_rows={extra}"
+    )
 
 
 # -- the clock itself ---------------------------------------------------------------------------
