@@ -339,7 +339,8 @@ class Curator:
             self.pipeline.summary.dlq["invalid_event"] += 1
             return
         origin = KafkaOrigin(topic, partition, offset)
-        self._refused(msg, self.pipeline.process(event_type, decoded.record, origin), replay)
+        refusal = self.pipeline.process(event_type, decoded.record, origin)
+        self._refused(msg, refusal, replay=replay)
 
     def _handle_fact(self, msg: Message, origin: KafkaOrigin, *, replay: bool) -> None:
         reason = detail = ""
@@ -365,9 +366,9 @@ class Curator:
         if fact is None:
             metrics.FACTS_UNKNOWN.inc()  # a newer curator's kind: nothing this one can pair
             return
-        self._refused(msg, self.pipeline.process_fact(fact, origin), replay)
+        self._refused(msg, self.pipeline.process_fact(fact, origin), replay=replay)
 
-    def _refused(self, msg: Message, refusal: Refusal | None, replay: bool) -> None:
+    def _refused(self, msg: Message, refusal: Refusal | None, *, replay: bool) -> None:
         """Dead-letter what the pipeline refused (counted there); a replay sent it already."""
         if refusal is not None and not replay:
             self.notifier.dead_letter(
