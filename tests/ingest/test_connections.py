@@ -163,6 +163,27 @@ def test_endless_header_is_cut_off_at_the_bound(guarded: IngestServer) -> None:
                 sock.sendall(b"v" * 4096)
 
 
+def test_a_body_left_unread_after_an_early_answer_is_not_taken_for_headers(
+    guarded: IngestServer,
+) -> None:
+    """A 401 answered before the body arrived: the rest of the body (far over the header
+    bound) comes after the answer, is discarded, and the connection serves the next request."""
+    size = 100_000
+    with _connect(guarded) as sock:
+        sock.sendall(
+            b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nauthorization: Bearer wrong\r\n"
+            + f"content-type: application/json\r\ncontent-length: {size}\r\n\r\n".encode()
+            + b" " * 10
+        )
+        sock.settimeout(10)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 401"), first
+        sock.sendall(b" " * (size - 10))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = sock.recv(65536)
+    assert second.startswith(b"HTTP/1.1 200"), second
+
+
 def test_client_disconnect_is_not_a_server_error(
     guarded: IngestServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,7 +8,8 @@ nothing: the keep-alive timer is cancelled on data and no other timer exists). S
 below adds:
 
 - a header deadline: a request's headers must be complete within ``header_timeout_s`` of the
-  connection opening or of the previous response; else 408 and the connection is closed;
+  connection opening or of the request's first byte (between requests uvicorn's keep-alive
+  timeout closes an idle connection); else 408 and the connection is closed;
 - a body deadline: the body must be complete within ``body_timeout_s`` of the headers; else
   408 (when no answer has started) and the connection is closed; the app, waiting for the
   body, sees a disconnect;
@@ -82,9 +83,10 @@ def guarded_protocol(
 
         # -- deadlines ------------------------------------------------------------------
         def _await_headers(self) -> None:
+            # From the connection's start or the next request's first byte; in between,
+            # uvicorn's keep-alive timeout bounds an idle connection.
             if self._waiting_since is None:
                 self._waiting_since = self.loop.time()
-                self._header_bytes = 0
 
         def _check_deadlines(self) -> None:
             self._timer = None
@@ -129,22 +131,18 @@ def guarded_protocol(
             super().on_message_begin()
             self._await_headers()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if self.cycle is None or self.cycle.response_complete:
-                self._await_headers()  # the next request's headers, idle time included
-
         # -- header bounds --------------------------------------------------------------
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
-            waiting = self._waiting_since is not None
-            if waiting:
+            # Bytes outside a body are headers (of this request or the next): counted before
+            # the parser buffers them. A body that outlives its early answer is not counted.
+            if self._body_since is None:
                 self._header_bytes += len(data)
             super().data_received(data)
-            # Still waiting for the end of headers after this many bytes: too many. (This
-            # also bounds their count: each takes at least 4 bytes.)
-            if self._waiting_since is not None and self._header_bytes > max_header_bytes:
+            # Still in headers after this many bytes: too many. (This also bounds their
+            # count: each takes at least 4 bytes.)
+            if self._body_since is None and self._header_bytes > max_header_bytes:
                 self._refused = True
             if self._refused and not self.transport.is_closing():
                 on_refused("headers_too_large")
@@ -155,9 +153,10 @@ def guarded_protocol(
             self._waiting_since = None
             self._body_since = self.loop.time()
             headers = self.headers
+            received, self._header_bytes = self._header_bytes, 0
             if len(headers) > max_headers or (
                 # Only when the bytes received could hold that much: the exact sum is rare.
-                self._header_bytes > max_header_bytes
+                received > max_header_bytes
                 and len(self.url) + sum(len(n) + len(v) + 4 for n, v in headers) > max_header_bytes
             ):
                 self._refused = True
