@@ -57,6 +57,9 @@ DPO_PAIRS = pa.schema(
         pa.field("feature", pa.string(), nullable=False),
         pa.field("model", pa.string()),
         pa.field("model_version", pa.string()),
+        # Chosen vs rejected, by filters.similarity.metric: "levenshtein" (default) is
+        # 1 - Levenshtein.distance / max(len), "indel" is Levenshtein.ratio; the row's
+        # filter_config_hash names which (docs/curator.md, "Similarity band").
         pa.field("similarity", pa.float64()),
         pa.field("toxicity", pa.float64()),  # of the chosen text
         pa.field("toxicity_rejected", pa.float64()),
@@ -96,7 +99,7 @@ REJECTED_CANDIDATES = pa.schema(
         pa.field("tenant", pa.string()),
         pa.field("user_hash", pa.string()),
         pa.field("feature", pa.string()),
-        pa.field("similarity", pa.float64()),
+        pa.field("similarity", pa.float64()),  # as in dpo_pairs
         pa.field("toxicity", pa.float64()),
         *_LINEAGE,
         *_KAFKA,

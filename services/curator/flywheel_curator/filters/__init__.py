@@ -55,10 +55,16 @@ from flywheel_curator.filters.settings import (
     LengthSettings,
     NearDupSettings,
     PiiSettings,
+    SimilarityMetric,
     SimilaritySettings,
     ToxicitySettings,
 )
-from flywheel_curator.filters.similarity import TOO_DISSIMILAR, TOO_SIMILAR, SimilarityFilter
+from flywheel_curator.filters.similarity import (
+    TOO_DISSIMILAR,
+    TOO_SIMILAR,
+    SimilarityFilter,
+    similarity_ratio,
+)
 from flywheel_curator.filters.toxicity import (
     TOXIC_CHOSEN,
     TOXICITY_INCREASE,
@@ -112,6 +118,7 @@ __all__ = [
     "PiiSettings",
     "ProfanityCheckScorer",
     "SimilarityFilter",
+    "SimilarityMetric",
     "SimilaritySettings",
     "StatefulBatch",
     "StatefulFilter",
@@ -125,4 +132,5 @@ __all__ = [
     "event_key",
     "make_scorer",
     "pair_id",
+    "similarity_ratio",
 ]

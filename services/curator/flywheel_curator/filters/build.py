@@ -73,7 +73,12 @@ def build_filters(
     if settings.similarity.enabled:
         sim = settings.similarity
         stateless.append(
-            SimilarityFilter(min_ratio=sim.min_ratio, max_ratio=sim.max_ratio, sources=sim.sources)
+            SimilarityFilter(
+                min_ratio=sim.min_ratio,
+                max_ratio=sim.max_ratio,
+                sources=sim.sources,
+                metric=sim.metric,
+            )
         )
     if settings.pii.enabled:
         stateless.append(PiiFilter(policy=settings.pii.policy, kinds=settings.pii.kinds))

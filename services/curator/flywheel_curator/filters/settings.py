@@ -32,6 +32,7 @@ __all__ = [
     "NearDupSettings",
     "PiiKind",
     "PiiSettings",
+    "SimilarityMetric",
     "SimilaritySettings",
     "ToxicityBackend",
     "ToxicitySettings",
@@ -39,6 +40,7 @@ __all__ = [
 
 PiiKind = Literal["email", "phone", "card", "ip", "national_id", "secret"]
 ToxicityBackend = Literal["profanity_check", "detoxify", "judge"]
+SimilarityMetric = Literal["levenshtein", "indel"]
 
 ALL_SOURCES: tuple[PairSource, ...] = get_args(PairSource)
 ALL_PII_KINDS: tuple[PiiKind, ...] = get_args(PiiKind)
@@ -103,9 +105,12 @@ class LengthSettings(_Frozen):
 
 
 class SimilaritySettings(_Frozen):
-    """Accept when ``min_ratio < Levenshtein.ratio(chosen, rejected) < max_ratio`` (strict)."""
+    """Accept when ``min_ratio < ratio(chosen, rejected) < max_ratio`` (strict). ``metric``
+    names the ratio: ``levenshtein`` (default, the owner's rule: ``1 - Levenshtein.distance /
+    max(len)``) or ``indel`` (``Levenshtein.ratio``); see ``similarity.py``."""
 
     enabled: bool = True
+    metric: SimilarityMetric = "levenshtein"
     min_ratio: float = Field(default=DEFAULT_MIN_RATIO, ge=0.0, le=1.0)
     max_ratio: float = Field(default=DEFAULT_MAX_RATIO, ge=0.0, le=1.0)
     sources: tuple[PairSource, ...] = ALL_SOURCES
