@@ -49,7 +49,7 @@ PROMPTS = [
 SETTINGS = {
     "default": FilterSettings(),
     "tight": FilterSettings(
-        caps={"max_per_user": 2, "max_per_tenant": 12},
+        caps={"max_per_user": 2, "max_per_tenant": 8},
         near_dup={"max_entries": 16, "threshold": 0.6, "scope": "global"},
         dedup={"max_entries": 30},
         event_dedup={"max_entries": 20},

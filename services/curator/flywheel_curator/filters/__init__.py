@@ -41,10 +41,13 @@ from flywheel_curator.filters.dedup import (
     event_key,
     pair_id,
 )
+from flywheel_curator.filters.detoxify_scorer import DetoxifyScorer
 from flywheel_curator.filters.errors import FilterError, ToxicityScorerError
+from flywheel_curator.filters.judge_scorer import JudgeScorer
 from flywheel_curator.filters.length import TOO_LONG, TOO_SHORT, LengthFilter
 from flywheel_curator.filters.neardup import NEAR_DUPLICATE, NearDupFilter, NearDupIndex
 from flywheel_curator.filters.pii import PII, PiiDetector, PiiFilter, PiiFinding
+from flywheel_curator.filters.scorers import ProfanityCheckScorer, ToxicityScorer
 from flywheel_curator.filters.settings import (
     CapSettings,
     DedupSettings,
@@ -65,14 +68,12 @@ from flywheel_curator.filters.similarity import (
     SimilarityFilter,
     similarity_ratio,
 )
+from flywheel_curator.filters.spans import CandidatePieces, SidePieces, pieces_of
 from flywheel_curator.filters.toxicity import (
     TOXIC_CHOSEN,
     TOXICITY_INCREASE,
-    DetoxifyScorer,
-    JudgeScorer,
-    ProfanityCheckScorer,
     ToxicityFilter,
-    ToxicityScorer,
+    ToxicityMeasure,
 )
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "USER_CAP",
     "BatchFilter",
     "BatchKeyState",
+    "CandidatePieces",
     "CapFilter",
     "CapSettings",
     "CapState",
@@ -117,12 +119,14 @@ __all__ = [
     "PiiFinding",
     "PiiSettings",
     "ProfanityCheckScorer",
+    "SidePieces",
     "SimilarityFilter",
     "SimilarityMetric",
     "SimilaritySettings",
     "StatefulBatch",
     "StatefulFilter",
     "ToxicityFilter",
+    "ToxicityMeasure",
     "ToxicityScorer",
     "ToxicityScorerError",
     "ToxicitySettings",
@@ -132,5 +136,6 @@ __all__ = [
     "event_key",
     "make_scorer",
     "pair_id",
+    "pieces_of",
     "similarity_ratio",
 ]
