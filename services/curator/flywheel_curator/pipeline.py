@@ -40,6 +40,7 @@ from flywheel_curator.filters import (
     FilterState,
     build_filters,
     pair_id,
+    redact_row,
 )
 from flywheel_curator.joins import JoinStore, StoreKeys
 from flywheel_curator.sources import (
@@ -442,6 +443,8 @@ class Pipeline:
         proposals, self._proposals = self._proposals, []
         sft, self._sft = self._sft, []
         rows: list[CuratedRow] = list(sft)
+        for sampled in sft:  # no raw PII in any table, whatever the policy (filters/redaction.py)
+            redact_row(sampled.row)
         if not proposals:
             return rows
         verdicts = self.chain.run_many([p.candidate for p in proposals])
@@ -454,7 +457,7 @@ class Pipeline:
                 rows.append(
                     CuratedRow(
                         "dpo_pairs",
-                        self._pair_row(verdict, now),
+                        redact_row(self._pair_row(verdict, now)),
                         proposal.ingredients,
                         candidate_key(proposal.candidate),
                     )
@@ -466,7 +469,7 @@ class Pipeline:
                 rows.append(
                     CuratedRow(
                         "rejected_candidates",
-                        self._rejected_row(proposal.candidate, verdict, now),
+                        redact_row(self._rejected_row(proposal.candidate, verdict, now)),
                         proposal.ingredients,
                         candidate_key(proposal.candidate),
                     )

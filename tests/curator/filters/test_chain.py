@@ -39,7 +39,7 @@ def test_exported_members() -> None:
     public = {n for n in dir(filters_pkg) if not n.startswith("_")}
     modules = {"build", "caps", "chain", "dedup", "errors", "length", "neardup", "pii", "settings"}
     modules |= {"similarity", "toxicity", "annotations", "spans", "scorers"}
-    modules |= {"detoxify_scorer", "judge_scorer"}
+    modules |= {"detoxify_scorer", "judge_scorer", "redaction"}
     assert set(filters_pkg.__all__) == public - modules
 
 

@@ -47,6 +47,12 @@ from flywheel_curator.filters.judge_scorer import JudgeScorer
 from flywheel_curator.filters.length import TOO_LONG, TOO_SHORT, LengthFilter
 from flywheel_curator.filters.neardup import NEAR_DUPLICATE, NearDupFilter, NearDupIndex
 from flywheel_curator.filters.pii import PII, PiiDetector, PiiFilter, PiiFinding
+from flywheel_curator.filters.redaction import (
+    PiiLogFilter,
+    install_log_redaction,
+    redact_row,
+    redact_text,
+)
 from flywheel_curator.filters.scorers import ProfanityCheckScorer, ToxicityScorer
 from flywheel_curator.filters.settings import (
     CapSettings,
@@ -117,6 +123,7 @@ __all__ = [
     "PiiDetector",
     "PiiFilter",
     "PiiFinding",
+    "PiiLogFilter",
     "PiiSettings",
     "ProfanityCheckScorer",
     "SidePieces",
@@ -134,8 +141,11 @@ __all__ = [
     "build_filters",
     "default_user_key",
     "event_key",
+    "install_log_redaction",
     "make_scorer",
     "pair_id",
     "pieces_of",
+    "redact_row",
+    "redact_text",
     "similarity_ratio",
 ]
