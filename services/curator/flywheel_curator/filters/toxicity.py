@@ -141,21 +141,18 @@ class ToxicityFilter:
         except Exception:  # an identity that raises must not hide the scorer's own failure
             return type(self.scorer).__name__
 
-    def verdict(
-        self, candidate: Candidate, m: ToxicityMeasure, *, max_score: float | None = None
-    ) -> Verdict:
-        """The verdict on ``m``; ``max_score`` overrides the threshold (the evaluate sweep)."""
-        threshold = self.max_score if max_score is None else max_score
+    def verdict(self, candidate: Candidate, m: ToxicityMeasure) -> Verdict:
+        """The verdict on a candidate's measure."""
         scores = {"toxicity": m.chosen, "toxicity_rejected": m.rejected}
-        # Added pieces are chosen pieces, so added <= chosen: below the floor (and the
-        # threshold), the candidate is clean. The common case.
-        if m.chosen < min(self.relative_floor, threshold):
+        # Added pieces are chosen pieces, so added <= chosen: below the floor (which is at
+        # most max_score), the candidate is clean. The common case.
+        if m.chosen < self.relative_floor:
             return Verdict(candidate=candidate, accepted=True, scores=scores)
         reasons: list[str] = []
         details: list[str] = []
-        if m.chosen >= threshold:
+        if m.chosen >= self.max_score:
             reasons.append(TOXIC_CHOSEN)
-            details.append(f"chosen {m.chosen:.3f} >= {threshold} ({m.worst})")
+            details.append(f"chosen {m.chosen:.3f} >= {self.max_score} ({m.worst})")
         if m.added >= self.relative_floor and m.added > m.removed + self.relative_margin:
             reasons.append(TOXICITY_INCREASE)
             what = ("added", "removed") if candidate.source == "edit" else ("chosen", "rejected")
