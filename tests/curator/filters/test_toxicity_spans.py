@@ -244,3 +244,21 @@ def test_max_pieces_enters_the_config_hash_and_the_filter() -> None:
     chain = build_filters(FilterSettings(toxicity={"max_pieces": 4}), scorer=KeywordScorer())
     assert chain.toxicity is not None
     assert chain.toxicity.max_pieces == 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "\n\n\n", "....!!!???", "a\n" * 5000, "🎉 " * 3000, "x" * 20_000, "Ok. " * 2000],
+)
+@pytest.mark.parametrize("source", ["edit", "correction"])
+def test_hostile_texts_give_bounded_pieces(text: str, source: PairSource) -> None:
+    other = "A plain answer. It has two sentences."
+    for chosen, rejected in ((text, other), (other, text), (text, text + " more")):
+        p = pieces_of(candidate(source=source, chosen=chosen, rejected=rejected), max_pieces=16)
+        for side, whole in ((p.chosen, chosen), (p.rejected, rejected)):
+            assert side.texts[0] == whole
+            assert len(side.texts) <= 1 + 16 + 16
+            assert all(0 <= i < len(side.texts) for i in side.judged)
+            assert all(t in whole for t in side.texts)  # pieces are slices of the text
+    verdict = keyword_filter(KeywordScorer()).check(candidate(source=source, chosen=text))
+    assert verdict.accepted
