@@ -26,6 +26,7 @@ from flywheel_common.topics import EventType
 
 from flywheel_curator.candidate import KafkaOrigin
 from flywheel_curator.facts import LoopbackFacts
+from flywheel_curator.filters import install_log_redaction
 from flywheel_curator.joins import JoinStore
 from flywheel_curator.pipeline import Pipeline, build_pipeline
 from flywheel_curator.settings import CuratorSettings, StartSettings
@@ -64,6 +65,7 @@ def _curate(args: argparse.Namespace) -> int:
         update["sft_sample_rate"] = args.sft_rate
     settings = base.model_copy(update=update)
     configure_logging("WARNING", settings.logging.format)
+    install_log_redaction()  # no PII in any log line (filters/redaction.py)
     store = JoinStore(args.state, identity=f"file|{settings.filters.config_hash()}")
     facts = LoopbackFacts()
     pipeline = build_pipeline(settings, store, facts=facts)
@@ -231,6 +233,7 @@ def _replay(args: argparse.Namespace) -> int:
         }
     )
     configure_logging(settings.logging.level, settings.logging.format)
+    install_log_redaction()  # no PII in any log line (filters/redaction.py)
     stop = threading.Event()
     restore = stop_on_signals(stop)
     try:

@@ -40,6 +40,7 @@ from flywheel_curator.filters import (
     FilterState,
     build_filters,
     pair_id,
+    redact_row,
 )
 from flywheel_curator.joins import JoinStore, StoredRun, StoreKeys
 from flywheel_curator.refusals import Refusal, future
@@ -504,6 +505,8 @@ class Pipeline:
         sft, self._sft = self._sft, []
         self.store.set_stream_time(self.stream.now)  # committed with the batch's state
         rows: list[CuratedRow] = list(sft)
+        for sampled in sft:  # no raw PII in any table, whatever the policy (filters/redaction.py)
+            redact_row(sampled.row)
         if not proposals:
             return rows
         verdicts = self.chain.run_many([p.candidate for p in proposals])
@@ -516,7 +519,7 @@ class Pipeline:
                 rows.append(
                     CuratedRow(
                         "dpo_pairs",
-                        self._pair_row(verdict, now),
+                        redact_row(self._pair_row(verdict, now)),
                         proposal.ingredients,
                         candidate_key(proposal.candidate),
                     )
@@ -528,7 +531,7 @@ class Pipeline:
                 rows.append(
                     CuratedRow(
                         "rejected_candidates",
-                        self._rejected_row(proposal.candidate, verdict, now),
+                        redact_row(self._rejected_row(proposal.candidate, verdict, now)),
                         proposal.ingredients,
                         candidate_key(proposal.candidate),
                     )
