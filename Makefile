@@ -17,9 +17,10 @@ VENV := .venv
 TRAINER_VENV := .venv-trainer
 PY := $(VENV)/bin/python
 TPY := $(TRAINER_VENV)/bin/python
-MEMBERS := pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+MEMBERS := pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml clients/python/pyproject.toml)
 LIGHT_PKGS := libs/common/flywheel_common libs/devkit/flywheel_devkit \
-              services/ingest/flywheel_ingest services/curator/flywheel_curator
+              services/ingest/flywheel_ingest services/curator/flywheel_curator \
+              clients/python/flywheel_client
 PYTEST_ARGS ?=
 
 .PHONY: help setup setup-trainer kafka-jars lint test test-light test-trainer demo bench clean
