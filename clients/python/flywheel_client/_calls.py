@@ -68,7 +68,7 @@ class Calls:
         self, *, prompt: Prompt, response: str, model: str, options: RunOptions
     ) -> tuple[str, RunEvent]:
         run_id, event = run_event(prompt=prompt, response=response, model=model, options=options)
-        self._recent.remember(run_id, prompt)
+        self._recent.remember(run_id, event["prompt"])  # the copy: the caller may mutate its own
         return run_id, event
 
     def thumbs(

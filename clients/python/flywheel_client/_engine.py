@@ -45,6 +45,8 @@ _MIN_LOOK_S = 0.005
 """Shortest interval between looks at the queue, for ``linger_s=0``."""
 _SPOOL_WRITE_S = 0.005
 """With a spool, queued events are written at most this long after the first of them."""
+_STOP_RESERVE_S = 0.25
+"""Of close()'s timeout, at most this much is kept for stopping the threads."""
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -203,7 +205,9 @@ class Engine:
             if self._store is not None:
                 self._store.close()
             return True
-        delivered = self.flush(timeout_s)
+        # Keep a little of the time for stopping, so that what is left is reported (or left
+        # in the spool) before close() returns.
+        delivered = self.flush(timeout_s - min(_STOP_RESERVE_S, timeout_s / 5))
         self._stopping = True
         self._wake.set()
         if self._dispatcher is not None:
