@@ -65,8 +65,9 @@ def main() -> int:
         log_events(fw, args.count - half, "parent2")
         os.waitpid(pid, 0)
     say(spooled=fw.stats().spooled, by="main", done=True)
-    if args.then == "hang":
-        threading.Event().wait()
+    if args.then == "hang":  # tell how much is on disk until killed
+        while not threading.Event().wait(0.05):
+            say(spooled=fw.stats().spooled)
     if args.then == "close":
         deadline = time.monotonic() + 120
         while not fw.flush(1.0) and time.monotonic() < deadline:
