@@ -1,0 +1,13 @@
+/** A Node app for the exit tests: logs COUNT events, prints their ids and simply ends. */
+
+import { Flywheel } from "../src/index.js";
+
+const [url, apiKey, count, exitTimeoutMs] = process.argv.slice(2);
+const fw = new Flywheel({
+  url: url!,
+  apiKey: apiKey!,
+  lingerMs: 60_000,
+  exitTimeoutMs: Number(exitTimeoutMs),
+  gzipMinBytes: null, // TODO(sdk): drop once the ingest decodes gzip (ingest-edge)
+});
+for (let i = 0; i < Number(count); i++) process.stdout.write(fw.signal(`run-${i}`, "copy") + "\n");
