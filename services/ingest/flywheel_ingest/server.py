@@ -1,0 +1,176 @@
+"""The HTTP server as deployed: uvicorn (httptools, uvloop) with its own bounds set from the
+settings, plus the guards it lacks.
+
+uvicorn bounds idle keep-alive connections (``timeout_keep_alive``) and open connections and
+requests (``limit_concurrency``, 503 beyond it), but with httptools it neither bounds the size
+or count of request headers nor times out a connection that trickles them (every byte re-arms
+nothing: the keep-alive timer is cancelled on data and no other timer exists). So the protocol
+below adds:
+
+- a header deadline: a request's headers must be complete within ``header_timeout_s`` of the
+  connection opening or of the previous response; else 408 and the connection is closed;
+- header bounds: at most ``max_header_bytes`` of request line and headers and ``max_headers``
+  headers; else 431 and the connection is closed, before the app sees the request.
+
+The body deadline is the app's (``body.read_body``): it answers 408 from the ASGI side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from flywheel_ingest.settings import IngestSettings
+
+__all__ = ["guarded_protocol", "server_config"]
+
+RefusalHook = Callable[[str], None]
+
+
+def _refusal(status: bytes, type_: str, msg: str) -> bytes:
+    body = orjson.dumps({"errors": [{"loc": ["header"], "msg": msg, "type": type_}]})
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+    )
+
+
+def guarded_protocol(
+    *, header_timeout_s: float, max_header_bytes: int, max_headers: int, on_refused: RefusalHook
+) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a header deadline and header bounds."""
+    timeout_answer = _refusal(
+        b"408 Request Timeout",
+        "header_timeout",
+        f"request headers not complete within {header_timeout_s:g}s",
+    )
+    too_large_answer = _refusal(
+        b"431 Request Header Fields Too Large",
+        "headers_too_large",
+        f"request headers over {max_header_bytes} bytes or {max_headers} fields",
+    )
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._header_timer: asyncio.TimerHandle | None = None
+            self._header_bytes = 0  # bytes received while waiting for headers
+            self._header_fields = 0
+            self._refused = False
+
+        # -- the header deadline --------------------------------------------------------
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_bytes = self._header_fields = 0
+                self._header_timer = self.loop.call_later(header_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            on_refused("header_timeout")
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.keep_alive = False  # answer the request in flight, then close
+                return
+            self.transport.write(timeout_answer)
+            self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and (
+                self.cycle is None or self.cycle.response_complete
+            ):
+                self._arm()  # the next request's headers, idle time included
+
+        # -- header bounds --------------------------------------------------------------
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._header_timer is not None:
+                self._header_bytes += len(data)
+            super().data_received(data)
+            # Still waiting for the end of headers after this many bytes: too many.
+            if self._header_timer is not None and self._header_bytes > max_header_bytes:
+                self._refused = True
+            if self._refused and not self.transport.is_closing():
+                on_refused("headers_too_large")
+                self._disarm()
+                self.transport.write(too_large_answer)
+                self.transport.close()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_fields += 1
+            if self._header_fields > max_headers:
+                self._refused = True
+            if not self._refused:
+                super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > max_header_bytes:
+                self._refused = True
+            if not self._refused:
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._refused:
+                super().on_message_complete()
+
+    return GuardedHttpToolsProtocol
+
+
+def server_config(
+    app: Any, settings: IngestSettings, *, on_refused: RefusalHook, **overrides: Any
+) -> uvicorn.Config:
+    """uvicorn's configuration for ``app``, every bound from ``settings``."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": guarded_protocol(
+            header_timeout_s=settings.header_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            on_refused=on_refused,
+        ),
+        "ws": "none",
+        "lifespan": "on",
+        "log_config": None,  # our JSON logging
+        "access_log": settings.access_log,
+        # X-Forwarded-For only changes the client address, which only the access log and the
+        # per-address limit of keyless requests use; without it, the middleware is per-request
+        # cost for nothing.
+        "proxy_headers": settings.access_log,
+        "server_header": False,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "limit_concurrency": settings.max_concurrency,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
