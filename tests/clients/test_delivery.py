@@ -29,7 +29,6 @@ FAST: dict[str, Any] = {
     "linger_s": 0.02,
     "backoff_max_s": 0.5,
     "exit_timeout_s": None,
-    "gzip_min_bytes": None,  # TODO(sdk): drop once the ingest decodes gzip (ingest-edge)
 }
 
 

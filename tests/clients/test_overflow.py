@@ -19,7 +19,6 @@ OPTIONS = {
     "exit_timeout_s": None,
     "max_batch_events": 100,
     "max_queue_events": 1000,
-    "gzip_min_bytes": None,  # TODO(sdk): drop once the ingest decodes gzip (ingest-edge)
 }
 
 

@@ -119,7 +119,6 @@ def test_a_full_spool_drops_its_oldest_events(
         backoff_max_s=0.3,
         exit_timeout_s=None,
         on_error=drops.append,
-        gzip_min_bytes=None,  # TODO(sdk): drop once the ingest decodes gzip (ingest-edge)
     )
     ids = [fw.signal(f"run-{i}", "copy") for i in range(500)]
     wait_for(lambda: fw.stats().spooled == 500, timeout_s=30)

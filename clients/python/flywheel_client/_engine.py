@@ -317,6 +317,7 @@ class Engine:
 
     def _apply(self, store: Store, answer: Answer) -> None:
         self._in_flight -= 1
+        self.stats.add(bytes_sent=answer.wire_bytes)
         applied = apply_answer(store, answer, self._reporter, self.stats)
         now = time.monotonic()
         if applied.retry:

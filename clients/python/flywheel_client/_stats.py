@@ -23,6 +23,7 @@ class ClientStats:
         dropped_closed: events still undelivered when ``close()`` gave up (memory only; a
             spool keeps them for the next start).
         requests: requests sent; retries: requests answered with a retryable failure.
+        bytes_sent: request body bytes on the wire (after gzip), of answered requests.
         callback_errors: exceptions raised by ``on_error`` (logged, then ignored).
     """
 
@@ -35,6 +36,7 @@ class ClientStats:
     dropped_closed: int = 0
     requests: int = 0
     retries: int = 0
+    bytes_sent: int = 0
     callback_errors: int = 0
 
 

@@ -25,6 +25,8 @@ export interface Stats {
   beaconed: number;
   requests: number;
   retries: number;
+  /** Request body bytes on the wire (after gzip), of answered requests. */
+  bytesSent: number;
   callbackErrors: number;
 }
 
@@ -52,6 +54,7 @@ export class Delivery {
     beaconed: 0,
     requests: 0,
     retries: 0,
+    bytesSent: 0,
     callbackErrors: 0,
   };
   private queue: Encoded[] = [];
@@ -209,8 +212,10 @@ export class Delivery {
     let text = "";
     let retryAfter: string | null = null;
     let failure = "";
+    let wireBytes = 0;
     try {
       const { body, headers } = await prepare(batchBody(batch), this.config);
+      wireBytes = body.byteLength;
       const response = await fetch(this.config.eventsUrl, {
         method: "POST",
         body: body as BodyInit,
@@ -220,6 +225,7 @@ export class Delivery {
       });
       text = await response.text();
       status = response.status;
+      this.stats.bytesSent += wireBytes;
       retryAfter = response.headers.get("retry-after");
     } catch (error) {
       failure = String(error);

@@ -8,6 +8,5 @@ const fw = new Flywheel({
   apiKey: apiKey!,
   lingerMs: 60_000,
   exitTimeoutMs: Number(exitTimeoutMs),
-  gzipMinBytes: null, // TODO(sdk): drop once the ingest decodes gzip (ingest-edge)
 });
 for (let i = 0; i < Number(count); i++) process.stdout.write(fw.signal(`run-${i}`, "copy") + "\n");

@@ -10,8 +10,7 @@ import { fileURLToPath } from "node:url";
 import { EventsDropped, Flywheel, type FlywheelOptions } from "../src/index.js";
 import { ACME_KEY, Ingest, until } from "./harness.js";
 
-// TODO(sdk): drop gzipMinBytes once the ingest decodes gzip (ingest-edge).
-const FAST: Partial<FlywheelOptions> = { lingerMs: 20, backoffMaxMs: 500, exitTimeoutMs: null, gzipMinBytes: null };
+const FAST: Partial<FlywheelOptions> = { lingerMs: 20, backoffMaxMs: 500, exitTimeoutMs: null };
 const here = dirname(fileURLToPath(import.meta.url));
 
 /** Each of `ids` on Kafka exactly once, and `total` events there in all. */
