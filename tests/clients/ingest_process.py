@@ -27,9 +27,18 @@ PARTITIONS = 3
 ACME_KEY = "sdk-test-key-acme-0123456789"
 SIGNED_KEY = "sdk-test-key-signed-0123456789"
 SIGNING_SECRET = "sdk-test-signing-secret"  # noqa: S105 - a test secret
+BROWSER_KEY = "sdk-test-key-browser-0123456789"
+BROWSER_ORIGIN = "https://app.example.com"
 API_KEYS: list[dict[str, Any]] = [
     {"tenant": "acme", "key_sha256": hash_api_key(ACME_KEY)},
     {"tenant": "signed", "key_sha256": hash_api_key(SIGNED_KEY), "signing_secret": SIGNING_SECRET},
+    {  # a page's key: feedback only, from one origin
+        "tenant": "web",
+        "key_sha256": hash_api_key(BROWSER_KEY),
+        "kind": "browser",
+        "allowed_origins": [BROWSER_ORIGIN],
+        "scopes": ["feedback"],
+    },
 ]
 _START_TIMEOUT_S = 60.0
 _ROOT = Path(__file__).resolve().parents[2]

@@ -3,6 +3,9 @@
 export const ACME_KEY = "sdk-test-key-acme-0123456789";
 export const SIGNED_KEY = "sdk-test-key-signed-0123456789";
 export const SIGNING_SECRET = "sdk-test-signing-secret";
+/** A page's key (feedback only, from BROWSER_ORIGIN): see tests/clients/ingest_process.py. */
+export const BROWSER_KEY = "sdk-test-key-browser-0123456789";
+export const BROWSER_ORIGIN = "https://app.example.com";
 
 const control = process.env.FLYWHEEL_HARNESS;
 
