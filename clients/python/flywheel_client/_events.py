@@ -12,8 +12,8 @@ and spool replays resend the same id, so downstream deduplication by id makes th
 
 import math
 import os
-import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NotRequired, Required, TypedDict, get_args
@@ -204,28 +204,35 @@ _MS = timedelta(milliseconds=1)
 
 
 class _IdSource:
-    """Random bytes for event ids, 256 ids per ``os.urandom`` call: a system call releases
-    the GIL, and on a busy process getting it back can cost the caller milliseconds."""
+    """Event ids made 256 at a time from one ``os.urandom`` call and handed out by a deque
+    (``pop`` is atomic, so no lock): a system call per id would release the GIL on every
+    call, and on a busy process getting it back can cost the caller milliseconds."""
 
-    _IDS_PER_READ = 256
+    _BATCH = 256
 
     def __init__(self) -> None:
-        self.reset()
+        self._ids: deque[str] = deque()
 
     def reset(self) -> None:
-        """New lock and no buffered bytes: a forked child must never reuse its parent's."""
-        self._lock = threading.Lock()
-        self._buffer = b""
-        self._pos = 0
+        """A forked child must never hand out ids its parent may also use."""
+        self._ids = deque()
 
-    def take(self) -> bytearray:
-        with self._lock:
-            if self._pos >= len(self._buffer):
-                self._buffer = os.urandom(16 * self._IDS_PER_READ)
-                self._pos = 0
-            raw = bytearray(self._buffer[self._pos : self._pos + 16])
-            self._pos += 16
-        return raw
+    def take(self) -> str:
+        try:
+            return self._ids.pop()
+        except IndexError:
+            self._ids.extend(self._make())
+            return self._ids.pop()
+
+    def _make(self) -> list[str]:
+        hexed = os.urandom(16 * self._BATCH).hex()
+        ids = []
+        for i in range(0, 32 * self._BATCH, 32):
+            h = hexed[i : i + 32]
+            # Version 4 (the 13th digit) and the RFC 4122 variant (10xx in the 17th).
+            variant = "89ab"[int(h[16], 16) & 3]
+            ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
+        return ids
 
 
 _IDS = _IdSource()
@@ -234,11 +241,7 @@ os.register_at_fork(after_in_child=_IDS.reset)
 
 def new_event_id() -> str:
     """A random (version 4) UUID in its canonical text form."""
-    raw = _IDS.take()
-    raw[6] = raw[6] & 0x0F | 0x40
-    raw[8] = raw[8] & 0x3F | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return _IDS.take()
 
 
 def _epoch_ms(value: datetime | int | None) -> int:
@@ -269,6 +272,8 @@ def _prompt(value: Prompt) -> WirePrompt:
 
 def _apply(event: dict[str, Any], options: Mapping[str, Any], allowed: frozenset[str]) -> None:
     """Copy the optional fields that are set into ``event``; refuse unknown ones."""
+    if not options:
+        return
     unknown = options.keys() - allowed
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
