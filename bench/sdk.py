@@ -12,7 +12,8 @@
 3. caller cost: the same calls at a fixed rate below capacity (no backpressure), each timed
    on the caller's thread (``perf_counter_ns``): p50 / p99 / p99.9 in microseconds.
 
-The direct phase runs before and after the SDK phases and its mean is the baseline. The
+The three throughput phases run in ROUNDS rounds, interleaved, and each row is the median of
+its rounds, so that load from elsewhere on the machine falls on all of them alike. The
 service runs as its own process (as deployed); the broker is local unless
 ``KAFKA_BOOTSTRAP_SERVERS`` is set.
 """
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -45,6 +47,7 @@ API_KEY = "bench-sdk-key-0123456789abcdef"
 BATCH = 500
 MAX_IN_FLIGHT = 2
 PARTITIONS = 3
+ROUNDS = 3
 PROMPT = "How do I export my project to CSV? I tried the settings page and found nothing."
 RESPONSE = "Open the project, choose Settings > Export, pick CSV; a link arrives by email."
 
@@ -175,10 +178,12 @@ def through_sdk(url: str, duration: float, *, gzip: bool) -> tuple[float, float]
     return rate, cpu[0] / made[0] * 1e6
 
 
-def caller_cost(url: str, rate: float, duration: float) -> list[int]:
-    """Nanoseconds of each call on the caller's thread, at ``rate`` calls/s (open loop)."""
+def caller_cost(url: str, rate: float, duration: float) -> tuple[list[int], list[int]]:
+    """Wall and CPU nanoseconds of each call on the caller's thread, at ``rate`` calls/s
+    (open loop). Wall minus CPU is time the thread waited: for the GIL, or for a core."""
     fw = Flywheel(url, API_KEY, exit_timeout_s=None)
-    samples: list[int] = []
+    wall: list[int] = []
+    cpu: list[int] = []
     calls = [
         lambda: fw.log_run(prompt=PROMPT, response=RESPONSE, model="llama-3.1-8b", feature="f"),
         lambda: fw.thumbs("run-1", "down", correction=RESPONSE),
@@ -190,12 +195,15 @@ def caller_cost(url: str, rate: float, duration: float) -> list[int]:
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        t0 = time.perf_counter_ns()
+        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
         calls[i % 3]()
-        samples.append(time.perf_counter_ns() - t0)
+        t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+        wall.append(t1 - t0)
+        cpu.append(c1 - c0)
     fw.flush(60)
     fw.close()
-    return samples[len(samples) // 10 :]  # steady state: the first tenth is warm-up
+    warm = len(wall) // 10  # steady state: the first tenth is warm-up
+    return wall[warm:], cpu[warm:]
 
 
 def pct(samples: list[int], q: float) -> float:
@@ -221,36 +229,43 @@ def main() -> int:
         )
         ensure_topics(kafka)
         with service(kafka) as url:
-            direct_1 = direct(url, bodies, duration)
-            print(f"direct batch endpoint: {direct_1:,.0f} ev/s", flush=True)
-            sdk_rate, sdk_cpu = through_sdk(url, duration, gzip=True)
-            print(f"sdk (defaults, gzip): {sdk_rate:,.0f} ev/s", flush=True)
-            raw_rate, raw_cpu = through_sdk(url, duration, gzip=False)
-            print(f"sdk (gzip off): {raw_rate:,.0f} ev/s", flush=True)
-            direct_2 = direct(url, bodies, duration)
-            print(f"direct batch endpoint again: {direct_2:,.0f} ev/s", flush=True)
+            rounds: dict[str, list[float]] = {"direct": [], "gzip": [], "raw": []}
+            cpu: dict[str, list[float]] = {"gzip": [], "raw": []}
+            for n in range(ROUNDS):
+                rounds["direct"].append(direct(url, bodies, duration))
+                for name, gzip in (("gzip", True), ("raw", False)):
+                    rate, per_call = through_sdk(url, duration, gzip=gzip)
+                    rounds[name].append(rate)
+                    cpu[name].append(per_call)
+                print(
+                    f"round {n + 1}: direct {rounds['direct'][-1]:,.0f} ev/s, sdk "
+                    f"{rounds['gzip'][-1]:,.0f} (gzip) / {rounds['raw'][-1]:,.0f} (off)",
+                    flush=True,
+                )
+            sdk_rate = statistics.median(rounds["gzip"])
             cost_rate = min(2000.0, 0.5 * sdk_rate)
-            samples = caller_cost(url, cost_rate, duration)
-    baseline = (direct_1 + direct_2) / 2
+            wall, thread_cpu = caller_cost(url, cost_rate, duration)
+    baseline = statistics.median(rounds["direct"])
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print()
     print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
     rows = [
-        (f"direct `POST /v1/events`, {BATCH}/request, {MAX_IN_FLIGHT} in flight", baseline, None),
-        ("SDK, defaults (gzip from 16 KiB)", sdk_rate, sdk_cpu),
-        ("SDK, gzip off", raw_rate, raw_cpu),
+        (f"direct `POST /v1/events`, {BATCH}/request, {MAX_IN_FLIGHT} in flight", "direct"),
+        ("SDK, defaults (gzip from 16 KiB)", "gzip"),
+        ("SDK, gzip off", "raw"),
     ]
-    print("| | events/s | x direct | caller CPU us/call |")
+    print(f"| | events/s (median of {ROUNDS}) | x direct | caller CPU us/call |")
     print("|---|---|---|---|")
-    for name, rate, cpu in rows:
-        per_call = "" if cpu is None else f"{cpu:.1f}"
+    for name, key in rows:
+        rate = statistics.median(rounds[key])
+        per_call = f"{statistics.median(cpu[key]):.1f}" if key in cpu else ""
         print(f"| {name} | {rate:,.0f} | **{rate / baseline:.2f}** | {per_call} |")
     print()
     print(
         f"caller's thread per call at {cost_rate:,.0f} calls/s (log_run, thumbs, signal in turn; "
-        f"{len(samples):,} calls): p50 **{pct(samples, 0.5):.1f} µs**, "
-        f"p99 **{pct(samples, 0.99):.1f} µs**, p99.9 {pct(samples, 0.999):.1f} µs, "
-        f"max {max(samples) / 1000:.0f} µs"
+        f"{len(wall):,} calls): wall p50 **{pct(wall, 0.5):.1f} us**, p99 **{pct(wall, 0.99):.1f}"
+        f" us**, p99.9 {pct(wall, 0.999):.1f} us; CPU p50 {pct(thread_cpu, 0.5):.1f} us, "
+        f"p99 {pct(thread_cpu, 0.99):.1f} us"
     )
     return 0
 
