@@ -82,7 +82,10 @@ def _curate(args: argparse.Namespace) -> int:
             # Line numbers are 1-based for people; KafkaOrigin keeps the 0-based position.
             print(f"{args.input}:{line_no + 1}: {reason}: {detail}", file=sys.stderr)
             continue
-        pipeline.process(event_type, record, KafkaOrigin(source, 0, line_no))
+        refusal = pipeline.process(event_type, record, KafkaOrigin(source, 0, line_no))
+        if refusal is not None:  # counted by the pipeline
+            reason, detail = refusal.reason, refusal.detail
+            print(f"{args.input}:{line_no + 1}: {reason}: {detail}", file=sys.stderr)
         fed.feed()
         pending += 1
         if pending >= _FILE_BATCH:
@@ -111,7 +114,9 @@ class _FactFeeder:
 
     def feed(self) -> None:
         for fact in self._facts.take():
-            self._pipeline.process_fact(fact, KafkaOrigin(self._source, 0, self._next))
+            refusal = self._pipeline.process_fact(fact, KafkaOrigin(self._source, 0, self._next))
+            if refusal is not None:  # counted by the pipeline
+                print(f"{self._source}: {refusal.reason}: {refusal.detail}", file=sys.stderr)
             self._next += 1
 
     def fire_timers(self) -> None:
