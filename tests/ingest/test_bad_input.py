@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -39,6 +39,17 @@ def with_(base: dict[str, object], **changes: object) -> bytes:
 DROP = object()
 
 
+def _now() -> str:
+    return str(int(time.time()))
+
+
+def signed_v1(body: bytes) -> dict[str, str]:
+    """Headers signed the v1 way: HMAC over "<timestamp>." + body, no method, no path."""
+    ts = _now()
+    mac = hmac.new(GLOBEX_SECRET.encode(), f"{ts}.".encode() + body, hashlib.sha256)
+    return {**signed(body, ts=ts), SIGNATURE_HEADER: "sha256=" + mac.hexdigest()}
+
+
 def signed(
     body: bytes,
     *,
@@ -46,7 +57,7 @@ def signed(
     sig_body: bytes | None = None,
     path: str = "/v1/runs",
 ) -> dict[str, str]:
-    ts = ts if ts is not None else str(int(time.time()))
+    ts = ts if ts is not None else _now()
     secret = GLOBEX_SECRET.encode()
     return {
         **GLOBEX,
@@ -62,7 +73,11 @@ class Case:
     status: int
     loc: list[str | int] | None = None  # the first error's loc, when it names a field
     type: str | None = None
-    headers: dict[str, str] = field(default_factory=lambda: dict(ACME))
+    # A callable is called at request time: signed headers carry a fresh timestamp, however
+    # long after collection the case runs (a slow run outlived the replay window).
+    headers: dict[str, str] | Callable[[], dict[str, str]] = field(
+        default_factory=lambda: dict(ACME)
+    )
 
 
 def _chunks(total: int) -> Iterator[bytes]:
@@ -84,7 +99,6 @@ def raw_run(**fields: object) -> bytes:
 
 
 BIG = 64 * 1024  # reject_ingest's max_body_bytes
-NOW_S = int(time.time())
 LONG_MAX = 2**63 - 1
 BATCH = 20  # reject_ingest's max_batch_events
 
@@ -267,7 +281,7 @@ CASES: dict[str, Case] = {
         401,
         ["header", SIGNATURE_HEADER],
         "bad_signature",
-        headers=signed(with_(RUN), sig_body=with_(RUN, run_id="r2")),
+        headers=lambda: signed(with_(RUN), sig_body=with_(RUN, run_id="r2")),
     ),
     "stale signature": Case(
         "/v1/runs",
@@ -275,14 +289,14 @@ CASES: dict[str, Case] = {
         401,
         ["header", TIMESTAMP_HEADER],
         "stale_timestamp",
-        headers=signed(with_(RUN), ts=str(int(time.time()) - 3600)),
+        headers=lambda: signed(with_(RUN), ts=str(int(time.time()) - 3600)),
     ),
     "future signature": Case(
         "/v1/runs",
         with_(RUN),
         401,
         type="stale_timestamp",
-        headers=signed(with_(RUN), ts=str(int(time.time()) + 3600)),
+        headers=lambda: signed(with_(RUN), ts=str(int(time.time()) + 3600)),
     ),
     "signature of another route": Case(
         "/v1/runs",
@@ -290,21 +304,14 @@ CASES: dict[str, Case] = {
         401,
         ["header", SIGNATURE_HEADER],
         "bad_signature",
-        headers=signed(with_(RUN), path="/v1/feedback"),
+        headers=lambda: signed(with_(RUN), path="/v1/feedback"),
     ),
     "signature v1 (no method, no path)": Case(
         "/v1/runs",
         with_(RUN),
         401,
         type="bad_signature",
-        headers={
-            **signed(with_(RUN)),
-            SIGNATURE_HEADER: "sha256="
-            + hmac.new(
-                GLOBEX_SECRET.encode(), f"{NOW_S}.".encode() + with_(RUN), hashlib.sha256
-            ).hexdigest(),
-            TIMESTAMP_HEADER: str(NOW_S),
-        },
+        headers=lambda: signed_v1(with_(RUN)),
     ),
     **{
         f"timestamp {ts!r}": Case(
@@ -325,9 +332,9 @@ CASES: dict[str, Case] = {
         with_(RUN),
         401,
         type="bad_signature",
-        headers={
+        headers=lambda: {
             **signed(with_(RUN)),
-            SIGNATURE_HEADER: sign(b"wrong-secret", str(NOW_S), with_(RUN), path="/v1/runs"),
+            SIGNATURE_HEADER: sign(b"wrong-secret", _now(), with_(RUN), path="/v1/runs"),
         },
     ),
 }
@@ -339,7 +346,8 @@ def test_bad_request_is_refused_and_produces_nothing(
 ) -> None:
     case = CASES[name]
     with httpx.Client(base_url=reject_ingest.url, timeout=30) as client:
-        resp = client.post(case.path, content=case.body, headers=case.headers)
+        headers = case.headers() if callable(case.headers) else case.headers
+        resp = client.post(case.path, content=case.body, headers=headers)
         assert resp.status_code == case.status, resp.text
         errors = resp.json()["errors"]
         assert errors and all(set(e) == {"loc", "msg", "type"} for e in errors)
