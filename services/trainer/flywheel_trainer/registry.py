@@ -56,6 +56,7 @@ RunStatus = Literal[
     "succeeded",  # trained and evaluated; the gate passed but auto-promotion is off
     "promoted",  # became the champion
     "rejected",  # trained and evaluated; the gate said no (reason says why)
+    "inconclusive",  # trained and evaluated; too few held-out pairs to decide: champion stays
     "failed",  # did not finish (reason says why)
     "rolled_back",  # was the champion until a rollback
 ]
@@ -88,6 +89,17 @@ TRAINING_RUNS = pa.schema(
         pa.field("launcher", pa.string()),
         pa.field("launcher_ref", pa.string()),  # pid or Kubernetes Job name
         pa.field("code_version", pa.string()),
+        # Added with the prompt-group gate (older rows read as null): what else the run read,
+        # and the gate's headline figures (the full verdict is in metrics_json["gate"]).
+        pa.field("method", pa.string()),  # dpo | kto
+        pa.field("kto_table_uri", pa.string()),
+        pa.field("kto_version", pa.int64()),
+        pa.field("kto_rows", pa.int64()),
+        pa.field("golden", pa.string()),  # "<uri>@<version>", "<path> (sha256 …)" or "none"
+        pa.field("worst_slice", pa.string()),
+        pa.field("slice_gap", pa.float64()),
+        pa.field("gain_ci_low", pa.float64()),
+        pa.field("gain_ci_high", pa.float64()),
         # kind=champion
         pa.field("champion_action", pa.string()),  # promote | rollback
         # kind=pin: the highest version jobs may train on; null = unpinned
@@ -152,6 +164,15 @@ class RegistryEvent:
     launcher: str | None = None
     launcher_ref: str | None = None
     code_version: str | None = None
+    method: str | None = None
+    kto_table_uri: str | None = None
+    kto_version: int | None = None
+    kto_rows: int | None = None
+    golden: str | None = None
+    worst_slice: str | None = None
+    slice_gap: float | None = None
+    gain_ci_low: float | None = None
+    gain_ci_high: float | None = None
     champion_action: Literal["promote", "rollback"] | None = None
     pinned_version: int | None = None
     restore_from_version: int | None = None
@@ -189,18 +210,55 @@ class TrainingRun:
     launcher: str | None = None
     launcher_ref: str | None = None
     code_version: str | None = None
+    method: str | None = None
+    kto_table_uri: str | None = None
+    kto_version: int | None = None
+    kto_rows: int | None = None
+    golden: str | None = None
+    worst_slice: str | None = None
+    slice_gap: float | None = None
+    gain_ci_low: float | None = None
+    gain_ci_high: float | None = None
     reason: str | None = None
 
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
 
+    @property
+    def split(self) -> Mapping[str, Any] | None:
+        """The held-out split this run used (split.SplitPlan.record), once it has started."""
+        value = self.metrics.get("split")
+        return value if isinstance(value, Mapping) else None
+
+    def gate_summary(self) -> dict[str, Any]:
+        """The gate's verdict in brief: decision, interval, worst slice and gap, golden set."""
+        gate = self.metrics.get("gate") or {}
+        return {
+            "decision": gate.get("decision"),
+            "interval": gate.get("interval"),
+            "worst": gate.get("worst"),
+            "champion_worst": gate.get("champion_worst"),
+            "slices": gate.get("slices"),
+            "golden": gate.get("golden") or {"configured": self.golden not in (None, "none")},
+            "kto": gate.get("kto"),
+        }
+
     def summary(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "status": self.status,
+            "method": self.method,
             "dataset": f"{self.table_uri}@{self.dataset_version}",
             "rows": self.rows,
+            "kto": f"{self.kto_table_uri}@{self.kto_version}" if self.kto_table_uri else None,
+            "kto_rows": self.kto_rows,
+            "golden": self.golden,
+            "gain_interval": [self.gain_ci_low, self.gain_ci_high]
+            if self.gain_ci_low is not None
+            else None,
+            "worst_slice": self.worst_slice,
+            "slice_gap": self.slice_gap,
             "config_hash": self.config_hash,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
@@ -252,6 +310,15 @@ def _fold(run_id: str, events: Sequence[RegistryEvent]) -> TrainingRun:
             "launcher",
             "launcher_ref",
             "code_version",
+            "method",
+            "kto_table_uri",
+            "kto_version",
+            "kto_rows",
+            "golden",
+            "worst_slice",
+            "slice_gap",
+            "gain_ci_low",
+            "gain_ci_high",
         ):
             value = getattr(ev, name)
             if value is not None:
@@ -311,7 +378,14 @@ class Registry:
         self.ensure()
         batch = pa.Table.from_pylist([e.row() for e in events], schema=TRAINING_RUNS)
         try:
-            write_deltalake(self.uri, batch, mode="append", storage_options=self._storage)
+            # merge: a registry created before a column was added gains it on the next append.
+            write_deltalake(
+                self.uri,
+                batch,
+                mode="append",
+                schema_mode="merge",
+                storage_options=self._storage,
+            )
         except DeltaError as exc:
             raise LakeError(f"cannot append to registry {self.uri}: {exc}") from exc
 
@@ -359,6 +433,13 @@ class Registry:
         events = self.events()
         stack = self.champion_stack(events)
         return self.runs(events)[stack[-1]] if stack else None
+
+    def split_records(
+        self, table_uri: str, runs: Iterable[TrainingRun] | None = None
+    ) -> list[Mapping[str, Any]]:
+        """The held-out splits of every run on ``table_uri`` that got as far as recording one."""
+        pool = self.runs().values() if runs is None else runs
+        return [r.split for r in pool if r.table_uri == table_uri and r.split is not None]
 
     def pinned_version(self, events: Iterable[RegistryEvent] | None = None) -> int | None:
         pinned: int | None = None

@@ -21,13 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from flywheel_common.codec import AvroCodec
-from flywheel_common.errors import DecodeError, FlywheelError
+from flywheel_common.errors import ConfigError, DecodeError, FlywheelError
 from flywheel_common.kafka import make_consumer
 
-from flywheel_trainer.dataset import head_version, snapshot_rows
+from flywheel_trainer.dataset import file_sha256, head_version, snapshot_rows
 from flywheel_trainer.errors import LaunchError
+from flywheel_trainer.gate import NO_GOLDEN
 from flywheel_trainer.launchers import JobHandle, Launcher
 from flywheel_trainer.registry import (
     Registry,
@@ -36,7 +38,7 @@ from flywheel_trainer.registry import (
     code_version,
     default_actor,
 )
-from flywheel_trainer.settings import TrainerSettings
+from flywheel_trainer.settings import Method, TrainerSettings
 from flywheel_trainer.spec import JobSpec
 
 __all__ = ["GOLD_RECORD", "LaunchDecision", "Watcher", "decide_launch"]
@@ -56,6 +58,16 @@ class LaunchDecision:
     new_pairs: int = 0
 
 
+def _taken(
+    runs: Sequence[TrainingRun], version: int, kto_version: int | None, method: str
+) -> TrainingRun | None:
+    """The run that already has this data: the pairs version (and, for KTO, the kto version)."""
+    for r in runs:
+        if r.dataset_version == version and (method != "kto" or r.kto_version == kto_version):
+            return r
+    return None
+
+
 def decide_launch(
     *,
     table_uri: str,
@@ -66,40 +78,48 @@ def decide_launch(
     threshold: int,
     min_interval_s: float,
     max_concurrent: int,
-    eval_fraction: float,
+    split_seed: int,
+    method: Method = "dpo",
+    kto_version: int | None = None,
+    kto_rows: int = 0,
 ) -> LaunchDecision:
-    """Pure: whether to launch a job on ``target_version`` given the registry's runs."""
+    """Pure: whether to launch a job on ``target_version`` given the registry's runs. A KTO job
+    also counts (and pins) the rows of ``kto_examples``."""
     if target_version is None:
         return LaunchDecision(False, "the pairs table does not exist yet")
     mine = [r for r in runs if r.table_uri == table_uri]
     active = [r for r in runs if r.active]
     if len(active) >= max_concurrent:
         return LaunchDecision(False, f"{len(active)} job(s) running (max {max_concurrent})")
-    taken = next((r for r in mine if r.dataset_version == target_version), None)
+    taken = _taken(mine, target_version, kto_version, method)
     if taken is not None:
         return LaunchDecision(
             False, f"version {target_version} already has run {taken.run_id} ({taken.status})"
         )
-    # Lowering the eval fraction would move held-out pairs into training.
-    larger = [r for r in mine if float(r.config.get("eval_fraction", 0.0)) > eval_fraction]
-    if larger:
+    # Another seed would reshuffle the prompt groups: held-out prompts would be trained on.
+    other = [r for r in mine if int(r.config.get("split_seed", 0)) != split_seed]
+    if other:
         return LaunchDecision(
             False,
-            f"eval_fraction {eval_fraction} is below run {larger[-1].run_id}'s "
-            f"{larger[-1].config.get('eval_fraction')}: held-out pairs would be trained on",
+            f"split_seed {split_seed} differs from run {other[-1].run_id}'s "
+            f"{other[-1].config.get('split_seed', 0)}: held-out prompt groups would be trained on",
         )
+    counted = target_rows + (kto_rows if method == "kto" else 0)
     # Failed runs trained nothing, so the count starts from the last run that did (or runs).
     baseline = next((r for r in reversed(mine) if r.status != "failed"), None)
-    baseline_rows = (baseline.rows or 0) if baseline else 0
-    new_pairs = target_rows - baseline_rows
-    if new_pairs < threshold:
+    baseline_rows = 0
+    if baseline is not None:
+        baseline_rows = (baseline.rows or 0) + ((baseline.kto_rows or 0) if method == "kto" else 0)
+    new = counted - baseline_rows
+    unit = "pairs and KTO rows" if method == "kto" else "pairs"
+    if new < threshold:
         since = f"version {baseline.dataset_version}" if baseline else "the start"
         return LaunchDecision(
             False,
-            f"{new_pairs} new pairs since {since} < threshold {threshold}",
+            f"{new} new {unit} since {since} < threshold {threshold}",
             target_version,
             target_rows,
-            new_pairs,
+            new,
         )
     if mine:
         elapsed = (now - max(r.created_at for r in mine)).total_seconds()
@@ -109,14 +129,10 @@ def decide_launch(
                 f"last job {elapsed:.0f}s ago < min interval {min_interval_s:.0f}s",
                 target_version,
                 target_rows,
-                new_pairs,
+                new,
             )
     return LaunchDecision(
-        True,
-        f"{new_pairs} new pairs >= threshold {threshold}",
-        target_version,
-        target_rows,
-        new_pairs,
+        True, f"{new} new {unit} >= threshold {threshold}", target_version, target_rows, new
     )
 
 
@@ -135,6 +151,7 @@ class Watcher:
         self.storage = settings.lake.storage_options_plain()
         self.registry = Registry(settings.registry_uri(), storage_options=self.storage)
         self.table_uri = settings.pairs_uri()
+        self.kto_uri = settings.kto_uri()
         self.actor = default_actor("trainer")
         self._clock = clock
         self._handles: dict[str, JobHandle] = {}
@@ -144,7 +161,7 @@ class Watcher:
 
     # -- one step -------------------------------------------------------------------------
     def tick(self) -> LaunchDecision:
-        """Reconcile running jobs, then launch one if the table has grown enough."""
+        """Reconcile running jobs, then launch one if the tables have grown enough."""
         self.reconcile()
         events = self.registry.events()
         runs = list(self.registry.runs(events).values())
@@ -152,17 +169,28 @@ class Watcher:
         pinned = self.registry.pinned_version(events)
         target = head if pinned is None or head is None else min(head, pinned)
         rows = snapshot_rows(self.table_uri, target, self.storage) if target is not None else 0
-        decision = decide_launch(
-            table_uri=self.table_uri,
-            target_version=target,
-            target_rows=rows,
-            runs=runs,
-            now=self._clock(),
-            threshold=self.settings.threshold,
-            min_interval_s=self.settings.min_interval_s,
-            max_concurrent=self.settings.max_concurrent_jobs,
-            eval_fraction=self.settings.job.eval_fraction,
-        )
+        kto_version = head_version(self.kto_uri, self.storage)
+        kto_rows = 0
+        if kto_version is not None:
+            kto_rows = snapshot_rows(self.kto_uri, kto_version, self.storage)
+        golden = self.golden_pin()
+        if isinstance(golden, str):
+            decision = LaunchDecision(False, golden)
+        else:
+            decision = decide_launch(
+                table_uri=self.table_uri,
+                target_version=target,
+                target_rows=rows,
+                runs=runs,
+                now=self._clock(),
+                threshold=self.settings.threshold,
+                min_interval_s=self.settings.min_interval_s,
+                max_concurrent=self.settings.max_concurrent_jobs,
+                split_seed=self.settings.job.split_seed,
+                method=self.settings.job.method,
+                kto_version=kto_version,
+                kto_rows=kto_rows,
+            )
         if decision.reason != self._last_reason:  # log changes, not every poll
             log.info(
                 "launch decision",
@@ -173,28 +201,58 @@ class Watcher:
                     "pinned_version": pinned,
                     "target_version": target,
                     "rows": rows,
+                    "kto_version": kto_version,
+                    "kto_rows": kto_rows,
                 },
             )
             self._last_reason = decision.reason
-        if decision.launch and decision.version is not None:
-            self.launch(decision.version, decision.rows)
+        if decision.launch and decision.version is not None and not isinstance(golden, str):
+            self.launch(decision.version, decision.rows, kto=(kto_version, kto_rows), golden=golden)
         return decision
 
-    def launch(self, version: int, rows: int) -> str:
+    def golden_pin(self) -> dict[str, Any] | str:
+        """The golden set pinned for a launch (spec fields), or why nothing may launch: a
+        configured golden set that cannot be read would silently drop the guard."""
+        uri, path = self.settings.golden_uri(), self.settings.golden_eval_path
+        if uri is not None:
+            version = head_version(uri, self.storage)
+            if version is None:
+                return f"the golden table {uri} does not exist: not launching without its guard"
+            return {"golden_uri": uri, "golden_version": version}
+        if path is not None:
+            try:
+                return {"golden_eval_path": path, "golden_sha256": file_sha256(path)}
+            except ConfigError as exc:
+                return f"{exc}: not launching without its guard"
+        return {}
+
+    def launch(
+        self,
+        version: int,
+        rows: int,
+        *,
+        kto: tuple[int | None, int] = (None, 0),
+        golden: dict[str, Any] | None = None,
+    ) -> str:
         run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
         artifact_dir = Path(self.settings.artifact_store).resolve() / run_id
         cfg = self.settings.job
+        kto_version, kto_rows = kto
         spec = JobSpec(
             run_id=run_id,
             table_uri=self.table_uri,
             dataset_version=version,
+            kto_table_uri=self.kto_uri if kto_version is not None else None,
+            kto_version=kto_version,
             registry_uri=self.registry.uri,
             artifact_dir=str(artifact_dir),
             job=cfg,
             gate=self.settings.gate,
-            golden_eval_path=self.settings.golden_eval_path,
             code_version=code_version(),
+            **(golden or {}),
         )
+        if spec.golden_label == "none":
+            log.warning(NO_GOLDEN, extra={"run_id": run_id})
         # Recorded before anything starts: from here on this version is taken.
         self.registry.append(
             RegistryEvent(
@@ -207,10 +265,15 @@ class Watcher:
                 dataset_version=version,
                 rows=rows,
                 config_json=cfg.model_dump_json(),
-                config_hash=cfg.config_hash(),
+                config_hash=spec.config_hash(),
                 artifact_uri=str(artifact_dir),
                 launcher=self.launcher.name,
                 code_version=spec.code_version,
+                method=cfg.method,
+                kto_table_uri=spec.kto_table_uri,
+                kto_version=kto_version,
+                kto_rows=kto_rows if kto_version is not None else None,
+                golden=spec.golden_label,
             )
         )
         try:
@@ -269,6 +332,8 @@ class Watcher:
             "trainer watching",
             extra={"table": self.table_uri, "topic": topic, "threshold": self.settings.threshold},
         )
+        if not (self.settings.golden_table or self.settings.golden_eval_path):
+            log.warning(NO_GOLDEN)
         next_tick = 0.0  # tick at once: resume where the last process left off
         try:
             while not stop.is_set():
