@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 from flywheel_trainer.launchers.kubernetes import GPU_RESOURCE, render_job
+from flywheel_trainer.policy import decide_launch
 from flywheel_trainer.registry import TRAINING_RUNS, Registry, RegistryEvent, TrainingRun
 from flywheel_trainer.settings import GateSettings, JobConfig, KubernetesSettings, TrainerSettings
 from flywheel_trainer.spec import JobSpec
-from flywheel_trainer.watcher import decide_launch
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 _NEW_COLUMNS = (

@@ -34,6 +34,7 @@ __all__ = [
     "progress_callback",
     "token_lengths",
     "train_stats",
+    "trainer_args",
     "with_lora",
 ]
 
@@ -115,7 +116,10 @@ def kto_weights(records: Sequence[KtoRecord], cfg: JobConfig) -> KtoWeights:
     return KtoWeights(d, u, 1.0, ratio / _KTO_RATIO_TARGET)
 
 
-def _common_args(cfg: JobConfig, output_dir: str, device: torch.device, dtype: torch.dtype) -> Any:
+def trainer_args(
+    cfg: JobConfig, output_dir: str, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """The TrainingArguments every method shares (the bench's SFT baseline uses them too)."""
     return {
         "output_dir": output_dir,
         "learning_rate": cfg.learning_rate,
@@ -126,7 +130,6 @@ def _common_args(cfg: JobConfig, output_dir: str, device: torch.device, dtype: t
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "bf16": dtype == torch.bfloat16,
         "use_cpu": device.type == "cpu",
-        "beta": cfg.beta,
         "max_length": cfg.max_length,
         "seed": cfg.seed,
         "logging_steps": cfg.logging_steps,
@@ -154,7 +157,7 @@ def make_trainer(
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    common = _common_args(cfg, output_dir, device, dtype)
+    common = {**trainer_args(cfg, output_dir, device, dtype), "beta": cfg.beta}
     if cfg.method == "kto":
         from trl.trainer.kto_config import KTOConfig
         from trl.trainer.kto_trainer import KTOTrainer
