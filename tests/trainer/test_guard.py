@@ -63,3 +63,4 @@ def test_label_swapped_job_is_refused_by_the_golden_set(tmp_path: Path, base_mod
     assert registry.champion() is None  # the base model keeps serving
     card = (outcome.adapter_dir / "README.md").read_text()
     assert f"golden set: {golden_uri}@{golden_v0}" in card and "**Gate: reject**" in card
+    assert f"golden set: {golden['candidate']:.3f} vs champion 0.500 on 40 pairs" in card
