@@ -21,7 +21,7 @@ pytestmark = pytest.mark.trainer
 
 
 def test_label_swapped_job_is_refused_by_the_golden_set(tmp_path: Path, base_model: Path) -> None:
-    settings = make_settings(tmp_path / "lake", tiny_job(base_model, epochs=2.0))
+    settings = make_settings(tmp_path / "lake", tiny_job(base_model, epochs=1.0))
     golden_uri = str(tmp_path / "lake" / "golden")
     golden_v0 = append_pairs(golden_uri, generate_pairs(40, seed=99))
     # A later golden version the run must not see: it was pinned at launch.
