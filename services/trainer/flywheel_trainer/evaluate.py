@@ -236,6 +236,15 @@ class Scorer:
                 out[name] = pair_outcomes(policy, ref, beta=self.beta)
         return EvalReport(out["held_out"], out.get("golden"), out.get("kto"))
 
+    def report_adapter(self, path: str, name: str) -> EvalReport:
+        """Score a saved adapter (the champion) on the same rows, then unload it."""
+        self.model.load_adapter(path, adapter_name=name)
+        try:
+            with active_adapter(self.model, name):
+                return self.report()
+        finally:
+            self.model.delete_adapter(name)
+
 
 @contextmanager
 def active_adapter(model: Any, name: str) -> Iterator[None]:

@@ -3,9 +3,11 @@ earlier split of the table, the rows its method trains on, and the pinned golden
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from flywheel_trainer.dataset import (
+    HeldOut,
     PreferenceRecord,
     TrainingData,
     load_golden,
@@ -16,12 +18,13 @@ from flywheel_trainer.dataset import (
     to_trl_kto,
     unpair,
 )
+from flywheel_trainer.errors import JobError
 from flywheel_trainer.registry import Registry
 from flywheel_trainer.settings import JobConfig
 from flywheel_trainer.spec import JobSpec
 from flywheel_trainer.split import merge_records
 
-__all__ = ["golden_records", "read_job_data", "training_records"]
+__all__ = ["JobInputs", "golden_records", "prepare_inputs", "read_job_data", "training_records"]
 
 
 def read_job_data(spec: JobSpec, registry: Registry, storage: dict[str, str]) -> TrainingData:
@@ -65,3 +68,50 @@ def golden_records(spec: JobSpec, storage: dict[str, str]) -> list[PreferenceRec
     if spec.golden_eval_path is not None:
         return load_golden(spec.golden_eval_path, sha256=spec.golden_sha256)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class JobInputs:
+    """Everything a job trains and is judged on, and its lineage for the registry and card."""
+
+    data: TrainingData
+    records: list[dict[str, Any]]
+    held: HeldOut
+    held_kto: HeldOut | None
+    golden: list[PreferenceRecord] | None
+    lineage: dict[str, Any]
+
+
+def prepare_inputs(spec: JobSpec, registry: Registry, storage: dict[str, str]) -> JobInputs:
+    cfg = spec.job
+    data = read_job_data(spec, registry, storage)
+    records = training_records(data, cfg)
+    if not records:
+        raise JobError(
+            spec.run_id, f"no {cfg.method} training rows in {spec.table_uri}@{spec.dataset_version}"
+        )
+    lineage = {
+        "table_uri": spec.table_uri,
+        "dataset_version": spec.dataset_version,
+        "rows": data.rows,
+        "train_rows": data.pairs_train.num_rows,
+        "eval_rows": data.pairs_eval.num_rows,
+        "kto_table_uri": spec.kto_table_uri,
+        "kto_version": spec.kto_version,
+        "kto_rows": data.kto_rows,
+        "training_examples": len(records),
+        "pairs_by_source": data.pairs_by_source(),
+        "split": data.plan.record(),
+        "config_hash": spec.config_hash(),
+        "recipe_hash": cfg.recipe_hash(),
+        "code_version": spec.code_version,
+        "golden": spec.golden_label,
+    }
+    return JobInputs(
+        data=data,
+        records=records,
+        held=data.held_out_pairs(cfg.max_eval_pairs),
+        held_kto=data.held_out_kto(cfg.max_eval_pairs),
+        golden=golden_records(spec, storage),
+        lineage=lineage,
+    )

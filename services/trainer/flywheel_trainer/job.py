@@ -31,10 +31,9 @@ from flywheel_trainer.errors import JobError
 from flywheel_trainer.evaluate import (
     EvalReport,
     Scorer,
-    active_adapter,
 )
 from flywheel_trainer.gate import NO_GOLDEN, Evidence, GateVerdict, decide
-from flywheel_trainer.inputs import golden_records, read_job_data, training_records
+from flywheel_trainer.inputs import JobInputs, prepare_inputs
 from flywheel_trainer.launchers.local import RunLock
 from flywheel_trainer.registry import (
     Registry,
@@ -84,18 +83,11 @@ def _champion_report(
     if champ_base != cfg.base_model or champion.artifact_uri is None:
         return None, champion.run_id
     path = Path(champion.artifact_uri) / ADAPTER_DIR
-    scorer.model.load_adapter(str(path), adapter_name=_CHAMPION)
-    try:
-        with active_adapter(scorer.model, _CHAMPION):
-            report = scorer.report()
-    finally:
-        scorer.model.delete_adapter(_CHAMPION)
-    return report, champion.run_id
+    return scorer.report_adapter(str(path), _CHAMPION), champion.run_id
 
 
 def _verdict(
     spec: JobSpec,
-    scorer: Scorer,
     after: EvalReport,
     champion: EvalReport | None,
     champion_id: str | None,
@@ -163,90 +155,59 @@ def _record_result(
     return status
 
 
-def _train(
-    spec: JobSpec,
-    settings: TrainerSettings,
-    registry: Registry,
-    actor: str,
-    callbacks: Sequence[Any],
-) -> JobOutcome:
-    cfg, artifact_dir = spec.job, Path(spec.artifact_dir)
-    storage = settings.lake.storage_options_plain()
-    data = read_job_data(spec, registry, storage)
-    records = training_records(data, cfg)
-    if not records:
-        raise JobError(
-            spec.run_id, f"no {cfg.method} training rows in {spec.table_uri}@{spec.dataset_version}"
-        )
-    held, held_kto = data.held_out_pairs(cfg.max_eval_pairs), data.held_out_kto(cfg.max_eval_pairs)
-    golden = golden_records(spec, storage)
-    lineage = {
-        "table_uri": spec.table_uri,
-        "dataset_version": spec.dataset_version,
-        "rows": data.rows,
-        "train_rows": data.pairs_train.num_rows,
-        "eval_rows": data.pairs_eval.num_rows,
-        "kto_table_uri": spec.kto_table_uri,
-        "kto_version": spec.kto_version,
-        "kto_rows": data.kto_rows,
-        "training_examples": len(records),
-        "pairs_by_source": data.pairs_by_source(),
-        "split": data.plan.record(),
-        "config_hash": spec.config_hash(),
-        "recipe_hash": cfg.recipe_hash(),
-        "code_version": spec.code_version,
-        "golden": spec.golden_label,
-    }
+def _record_running(spec: JobSpec, registry: Registry, actor: str, inputs: JobInputs) -> None:
+    """Recorded before training, with the split: a later run must see what this one held out."""
+    data, lineage = inputs.data, inputs.lineage
     registry.transition(
         spec.run_id,
         "running",
         actor=actor,
         table_uri=spec.table_uri,
         dataset_version=spec.dataset_version,
-        config_json=cfg.model_dump_json(),
+        config_json=spec.job.model_dump_json(),
         config_hash=spec.config_hash(),
         code_version=spec.code_version,
         rows=data.rows,
         train_rows=data.pairs_train.num_rows,
         eval_rows=data.pairs_eval.num_rows,
         pairs_by_source=json.dumps(lineage["pairs_by_source"]),
-        metrics_json=json.dumps({"split": lineage["split"]}),  # before training: see split.py
-        method=cfg.method,
+        metrics_json=json.dumps({"split": lineage["split"]}),
+        method=spec.job.method,
         kto_table_uri=spec.kto_table_uri,
         kto_version=spec.kto_version,
         kto_rows=data.kto_rows,
         golden=spec.golden_label,
     )
-    if golden is None:
+    if inputs.golden is None:
         log.warning(NO_GOLDEN, extra={"run_id": spec.run_id})
     log.info("dataset pinned", extra={"run_id": spec.run_id, **lineage})
 
-    device, dtype = device_and_dtype(cfg)
-    base, tokenizer = load_base(cfg, dtype)
-    model = with_lora(base, cfg).to(device)
-    scorer = Scorer(
+
+def _scorer(model: Any, tokenizer: Any, inputs: JobInputs, cfg: JobConfig) -> Scorer:
+    held_kto = inputs.held_kto
+    return Scorer(
         model,
         tokenizer,
-        held_out=held.records,
-        golden=golden,
+        held_out=inputs.held.records,
+        golden=inputs.golden,
         kto=held_kto.records if held_kto else None,
         kto_labels=(held_kto.labels or []) if held_kto else [],
         max_length=cfg.max_length,
         batch_size=cfg.eval_batch_size,
         beta=cfg.beta,
     )
-    meta = {
-        "groups": [held.groups[i] for i in scorer.kept],
-        "features": [held.features[i] for i in scorer.kept],
-        "sources": [held.sources[i] for i in scorer.kept],
-    }
-    before = scorer.report()
-    champion, champion_id = _champion_report(scorer, registry.champion(), cfg, before)
-    log.info(
-        "evaluated before training",
-        extra={"run_id": spec.run_id, "before": before.as_dict(), "champion": champion_id},
-    )
 
+
+def _fit(
+    spec: JobSpec,
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    callbacks: Sequence[Any],
+) -> dict[str, Any]:
+    """Train with TRL; returns the run's "train" figures."""
+    cfg, artifact_dir = spec.job, Path(spec.artifact_dir)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     weights = kto_weights(records, cfg) if cfg.method == "kto" else None
     trainer = make_trainer(
         model=model,
@@ -264,26 +225,60 @@ def _train(
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
-    after = scorer.report()
-
-    verdict = _verdict(spec, scorer, after, champion, champion_id, meta)
     lengths = token_lengths(tokenizer, records, cfg)
+    return train_stats(result, seconds, lengths, cfg, device, dtype, weights)
+
+
+def _save(spec: JobSpec, model: Any, tokenizer: Any, run_metrics: dict[str, Any]) -> Path:
+    artifact_dir = Path(spec.artifact_dir)
+    adapter_dir = artifact_dir / ADAPTER_DIR
+    model.save_pretrained(str(adapter_dir))  # safetensors by default
+    tokenizer.save_pretrained(str(adapter_dir))
+    (artifact_dir / "metrics.json").write_text(json.dumps(run_metrics, indent=2), encoding="utf-8")
+    (adapter_dir / "README.md").write_text(model_card(spec, run_metrics), encoding="utf-8")
+    return adapter_dir
+
+
+def _train(
+    spec: JobSpec,
+    settings: TrainerSettings,
+    registry: Registry,
+    actor: str,
+    callbacks: Sequence[Any],
+) -> JobOutcome:
+    cfg = spec.job
+    inputs = prepare_inputs(spec, registry, settings.lake.storage_options_plain())
+    _record_running(spec, registry, actor, inputs)
+    device, dtype = device_and_dtype(cfg)
+    base, tokenizer = load_base(cfg, dtype)
+    model = with_lora(base, cfg).to(device)
+    scorer = _scorer(model, tokenizer, inputs, cfg)
+    held = inputs.held
+    meta = {
+        "groups": [held.groups[i] for i in scorer.kept],
+        "features": [held.features[i] for i in scorer.kept],
+        "sources": [held.sources[i] for i in scorer.kept],
+    }
+    before = scorer.report()
+    champion, champion_id = _champion_report(scorer, registry.champion(), cfg, before)
+    log.info(
+        "evaluated before training",
+        extra={"run_id": spec.run_id, "before": before.as_dict(), "champion": champion_id},
+    )
+    train = _fit(spec, model, tokenizer, inputs.records, callbacks)
+    after = scorer.report()
+    verdict = _verdict(spec, after, champion, champion_id, meta)
     run_metrics: dict[str, Any] = {
         "before": before.as_dict(),
         "after": after.as_dict(),
         "champion": champion.as_dict() if champion else None,
         "champion_run_id": champion_id,
         "gate": verdict.as_dict(),
-        "split": lineage["split"],
-        "train": train_stats(result, seconds, lengths, cfg, device, dtype, weights),
-        "lineage": lineage,
+        "split": inputs.lineage["split"],
+        "train": train,
+        "lineage": inputs.lineage,
     }
-
-    adapter_dir = artifact_dir / ADAPTER_DIR
-    model.save_pretrained(str(adapter_dir))  # safetensors by default
-    tokenizer.save_pretrained(str(adapter_dir))
-    (artifact_dir / "metrics.json").write_text(json.dumps(run_metrics, indent=2), encoding="utf-8")
-    (adapter_dir / "README.md").write_text(model_card(spec, run_metrics), encoding="utf-8")
+    adapter_dir = _save(spec, model, tokenizer, run_metrics)
     log.info(
         "evaluated after training",
         extra={"run_id": spec.run_id, "after": after.as_dict(), "gate": verdict.reason},

@@ -33,6 +33,17 @@ def _taken(
     return None
 
 
+def _new_rows(
+    mine: Sequence[TrainingRun], rows: int, method: str
+) -> tuple[TrainingRun | None, int]:
+    """Rows added since the last run that trained: failed runs trained nothing."""
+    baseline = next((r for r in reversed(mine) if r.status != "failed"), None)
+    if baseline is None:
+        return None, rows
+    trained = (baseline.rows or 0) + ((baseline.kto_rows or 0) if method == "kto" else 0)
+    return baseline, rows - trained
+
+
 def decide_launch(
     *,
     table_uri: str,
@@ -69,13 +80,7 @@ def decide_launch(
             f"split_seed {split_seed} differs from run {other[-1].run_id}'s "
             f"{other[-1].config.get('split_seed', 0)}: held-out prompt groups would be trained on",
         )
-    counted = target_rows + (kto_rows if method == "kto" else 0)
-    # Failed runs trained nothing, so the count starts from the last run that did (or runs).
-    baseline = next((r for r in reversed(mine) if r.status != "failed"), None)
-    baseline_rows = 0
-    if baseline is not None:
-        baseline_rows = (baseline.rows or 0) + ((baseline.kto_rows or 0) if method == "kto" else 0)
-    new = counted - baseline_rows
+    baseline, new = _new_rows(mine, target_rows + (kto_rows if method == "kto" else 0), method)
     unit = "pairs and KTO rows" if method == "kto" else "pairs"
     if new < threshold:
         since = f"version {baseline.dataset_version}" if baseline else "the start"

@@ -166,28 +166,7 @@ class Watcher:
         if spec.golden_label == "none":
             log.warning(NO_GOLDEN, extra={"run_id": run_id})
         # Recorded before anything starts: from here on this version is taken.
-        self.registry.append(
-            RegistryEvent(
-                kind="run",
-                run_id=run_id,
-                status="pending",
-                actor=self.actor,
-                reason=f"{rows} pairs at version {version}",
-                table_uri=self.table_uri,
-                dataset_version=version,
-                rows=rows,
-                config_json=cfg.model_dump_json(),
-                config_hash=spec.config_hash(),
-                artifact_uri=str(artifact_dir),
-                launcher=self.launcher.name,
-                code_version=spec.code_version,
-                method=cfg.method,
-                kto_table_uri=spec.kto_table_uri,
-                kto_version=kto_version,
-                kto_rows=kto_rows if kto_version is not None else None,
-                golden=spec.golden_label,
-            )
-        )
+        self.registry.append(self._pending(spec, rows, kto_rows))
         try:
             handle = self.launcher.launch(spec)
         except LaunchError as exc:
@@ -201,6 +180,29 @@ class Watcher:
             extra={"run_id": run_id, "dataset_version": version, "rows": rows, "ref": handle.ref},
         )
         return run_id
+
+    def _pending(self, spec: JobSpec, rows: int, kto_rows: int) -> RegistryEvent:
+        cfg = spec.job
+        return RegistryEvent(
+            kind="run",
+            run_id=spec.run_id,
+            status="pending",
+            actor=self.actor,
+            reason=f"{rows} pairs at version {spec.dataset_version}",
+            table_uri=self.table_uri,
+            dataset_version=spec.dataset_version,
+            rows=rows,
+            config_json=cfg.model_dump_json(),
+            config_hash=spec.config_hash(),
+            artifact_uri=spec.artifact_dir,
+            launcher=self.launcher.name,
+            code_version=spec.code_version,
+            method=cfg.method,
+            kto_table_uri=spec.kto_table_uri,
+            kto_version=spec.kto_version,
+            kto_rows=kto_rows if spec.kto_version is not None else None,
+            golden=spec.golden_label,
+        )
 
     def reconcile(self) -> None:
         """Adopt jobs of an earlier trainer; record jobs that died without a result."""
