@@ -17,12 +17,17 @@ VENV := .venv
 TRAINER_VENV := .venv-trainer
 PY := $(VENV)/bin/python
 TPY := $(TRAINER_VENV)/bin/python
-MEMBERS := pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+MEMBERS := pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml clients/python/pyproject.toml)
 LIGHT_PKGS := libs/common/flywheel_common libs/devkit/flywheel_devkit \
-              services/ingest/flywheel_ingest services/curator/flywheel_curator
+              services/ingest/flywheel_ingest services/curator/flywheel_curator \
+              clients/python/flywheel_client
 PYTEST_ARGS ?=
+TS := clients/typescript
+TSC := $(TS)/node_modules/.bin/tsc
+export npm_config_cache := $(FLYWHEEL_CACHE)/npm
 
-.PHONY: help setup setup-trainer kafka-jars lint test test-light test-trainer demo bench clean
+.PHONY: help setup setup-trainer setup-ts build-ts kafka-jars lint test test-light test-trainer \
+        test-ts demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -44,15 +49,26 @@ $(FLYWHEEL_CACHE)/kafka/.fetched: $(VENV)/.synced
 	$(VENV)/bin/flywheel-kafka fetch
 	touch $@
 
+# The TypeScript SDK's compiler and Node types, pinned by package-lock.json; nothing at runtime.
+$(TS)/node_modules/.installed: $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund
+	touch $@
+
 setup: $(VENV)/.synced kafka-jars ## light environment (ingest, curator, tests) + Kafka jars
 setup-trainer: $(TRAINER_VENV)/.synced ## trainer environment (torch)
 kafka-jars: $(FLYWHEEL_CACHE)/kafka/.fetched
+setup-ts: $(TS)/node_modules/.installed ## the TypeScript SDK's build tools (npm, cached)
 
-lint: $(VENV)/.synced $(TRAINER_VENV)/.synced ## ruff + mypy strict on the packages
+build-ts: setup-ts ## compile the TypeScript SDK (dist/) and its tests (dist-test/)
+	$(TSC) -p $(TS)/tsconfig.json
+	$(TSC) -p $(TS)/tsconfig.test.json
+
+lint: $(VENV)/.synced $(TRAINER_VENV)/.synced setup-ts ## ruff + mypy strict + tsc strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(LIGHT_PKGS)
 	$(TRAINER_VENV)/bin/mypy services/trainer/flywheel_trainer
+	$(TSC) -p $(TS)/tsconfig.test.json --noEmit
 
 test-light: setup ## tests that need no torch (common, ingest, curator)
 	$(PY) -m pytest tests --ignore=tests/trainer $(PYTEST_ARGS)
@@ -60,10 +76,14 @@ test-light: setup ## tests that need no torch (common, ingest, curator)
 test-trainer: setup setup-trainer ## trainer tests (tiny models on CPU, real broker and tables)
 	$(TPY) -m pytest tests/trainer tests/curator/filters/test_detoxify_loader.py $(PYTEST_ARGS)
 
-test: lint test-light test-trainer ## the whole suite, as CI runs it
+test-ts: setup build-ts ## TypeScript SDK tests: Node's test runner against the real service
+	node $(TS)/dist-test/test/run.js
+
+test: lint test-light test-trainer test-ts ## the whole suite, as CI runs it
 
 demo: setup ## run the flywheel locally and show what it does
 	$(PY) -m demo
 
 clean: ## remove the environments and local outputs (the download cache stays)
-	rm -rf $(VENV) $(TRAINER_VENV) lake runs demo-out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) lake runs demo-out .mypy_cache .ruff_cache .pytest_cache \
+	       $(TS)/node_modules $(TS)/dist $(TS)/dist-test
