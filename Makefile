@@ -21,8 +21,16 @@ MEMBERS := pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/py
 LIGHT_PKGS := libs/common/flywheel_common libs/devkit/flywheel_devkit \
               services/ingest/flywheel_ingest services/curator/flywheel_curator
 PYTEST_ARGS ?=
+# deploy/k8s is rendered with `kubectl kustomize`; without kubectl, this kustomize (built from
+# its Go module with the machine's Go) is put on PATH for the tests.
+KUSTOMIZE_VERSION := v5.5.0
+KUSTOMIZE_DIR := $(FLYWHEEL_CACHE)/tools/kustomize-$(KUSTOMIZE_VERSION)
+export PATH := $(PATH):$(KUSTOMIZE_DIR)
+# The tests of deploy/ that need the trainer environment (the Job template, the registry's pin).
+DEPLOY_TRAINER_TESTS := tests/deploy/test_k8s_trainer_job.py tests/deploy/test_vacuum_pins_trainer.py
 
-.PHONY: help setup setup-trainer kafka-jars lint test test-light test-trainer demo bench clean
+.PHONY: help setup setup-trainer kafka-jars k8s-tools lint test test-light test-trainer \
+        test-deploy demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -48,17 +56,26 @@ setup: $(VENV)/.synced kafka-jars ## light environment (ingest, curator, tests) 
 setup-trainer: $(TRAINER_VENV)/.synced ## trainer environment (torch)
 kafka-jars: $(FLYWHEEL_CACHE)/kafka/.fetched
 
+k8s-tools: ## kubectl, or a pinned kustomize built from its Go module, for the deploy/k8s tests
+	@command -v kubectl >/dev/null || command -v kustomize >/dev/null || \
+	  GOBIN=$(KUSTOMIZE_DIR) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
 lint: $(VENV)/.synced $(TRAINER_VENV)/.synced ## ruff + mypy strict on the packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(LIGHT_PKGS)
 	$(TRAINER_VENV)/bin/mypy services/trainer/flywheel_trainer
 
-test-light: setup ## tests that need no torch (common, ingest, curator)
-	$(PY) -m pytest tests --ignore=tests/trainer $(PYTEST_ARGS)
+test-light: setup k8s-tools ## tests that need no torch (common, ingest, curator, deploy)
+	$(PY) -m pytest tests --ignore=tests/trainer $(addprefix --ignore=,$(DEPLOY_TRAINER_TESTS)) \
+	  $(PYTEST_ARGS)
 
-test-trainer: setup setup-trainer ## trainer tests (tiny models on CPU, real broker and tables)
-	$(TPY) -m pytest tests/trainer tests/curator/filters/test_detoxify_loader.py $(PYTEST_ARGS)
+test-trainer: setup setup-trainer k8s-tools ## trainer tests (tiny models on CPU, real broker and tables)
+	$(TPY) -m pytest tests/trainer tests/curator/filters/test_detoxify_loader.py \
+	  $(DEPLOY_TRAINER_TESTS) $(PYTEST_ARGS)
+
+test-deploy: setup k8s-tools ## images built, compose stack run end to end (needs a Docker engine)
+	$(PY) -m pytest tests/deploy -m deploy $(PYTEST_ARGS)
 
 test: lint test-light test-trainer ## the whole suite, as CI runs it
 
