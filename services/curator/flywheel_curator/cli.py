@@ -26,6 +26,7 @@ from flywheel_common.topics import EventType
 
 from flywheel_curator.candidate import KafkaOrigin
 from flywheel_curator.facts import LoopbackFacts
+from flywheel_curator.filters import install_log_redaction
 from flywheel_curator.joins import JoinStore
 from flywheel_curator.pipeline import Pipeline, build_pipeline
 from flywheel_curator.retention import PINNED_TABLE, REGISTRY_TABLE, keep_pinned_files
@@ -65,6 +66,7 @@ def _curate(args: argparse.Namespace) -> int:
         update["sft_sample_rate"] = args.sft_rate
     settings = base.model_copy(update=update)
     configure_logging("WARNING", settings.logging.format)
+    install_log_redaction()  # no PII in any log line (filters/redaction.py)
     store = JoinStore(args.state, identity=f"file|{settings.filters.config_hash()}")
     facts = LoopbackFacts()
     pipeline = build_pipeline(settings, store, facts=facts)
@@ -83,7 +85,10 @@ def _curate(args: argparse.Namespace) -> int:
             # Line numbers are 1-based for people; KafkaOrigin keeps the 0-based position.
             print(f"{args.input}:{line_no + 1}: {reason}: {detail}", file=sys.stderr)
             continue
-        pipeline.process(event_type, record, KafkaOrigin(source, 0, line_no))
+        refusal = pipeline.process(event_type, record, KafkaOrigin(source, 0, line_no))
+        if refusal is not None:  # counted by the pipeline
+            reason, detail = refusal.reason, refusal.detail
+            print(f"{args.input}:{line_no + 1}: {reason}: {detail}", file=sys.stderr)
         fed.feed()
         pending += 1
         if pending >= _FILE_BATCH:
@@ -112,7 +117,9 @@ class _FactFeeder:
 
     def feed(self) -> None:
         for fact in self._facts.take():
-            self._pipeline.process_fact(fact, KafkaOrigin(self._source, 0, self._next))
+            refusal = self._pipeline.process_fact(fact, KafkaOrigin(self._source, 0, self._next))
+            if refusal is not None:  # counted by the pipeline
+                print(f"{self._source}: {refusal.reason}: {refusal.detail}", file=sys.stderr)
             self._next += 1
 
     def fire_timers(self) -> None:
@@ -227,6 +234,7 @@ def _replay(args: argparse.Namespace) -> int:
         }
     )
     configure_logging(settings.logging.level, settings.logging.format)
+    install_log_redaction()  # no PII in any log line (filters/redaction.py)
     stop = threading.Event()
     restore = stop_on_signals(stop)
     try:

@@ -19,6 +19,7 @@ from flywheel_common.kafka import flush_or_raise, produce_when_room
 from flywheel_common.settings import KafkaSettings
 
 from flywheel_curator import metrics
+from flywheel_curator.filters.redaction import redact_text
 
 __all__ = ["Notifier"]
 
@@ -68,7 +69,8 @@ class Notifier:
             "key": msg.key(),
             "payload": msg.value() or b"",
             "reason": reason,
-            "detail": detail[:4096],
+            # Redacted before it is cut, so no half of a value escapes the detector.
+            "detail": redact_text(detail)[:4096],
             "component": _COMPONENT,
         }
         self._produce(self._topics.dlq, msg.key(), self._codec.encode("DeadLetter", record))

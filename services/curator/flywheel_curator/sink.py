@@ -9,7 +9,7 @@ every topic-partition the batch read. Because ``dpo_pairs`` commits last, its tx
 row it re-derives on replay is skipped for a table whose own txn version already covers it.
 
 delta-rs accepts any txn version and only detects conflicts with commits made after the
-writer's snapshot (FINDINGS.md), so fencing is ours: before writing, the current txn version of
+writer's snapshot (docs/findings.md), so fencing is ours: before writing, the current txn version of
 every partition in the batch must equal the one this process last saw. Anything else means
 another curator owns the partition now (we are a zombie), and the batch is dropped.
 
@@ -247,7 +247,7 @@ class DeltaSink:
                 raise ZombieError(table, f"lost a race on our own app ids: {exc}") from exc
             raise SinkCommitError(table, str(exc)) from exc
         except DeltaError as exc:
-            # VersionAlreadyExists surfaces as the generic DeltaError (FINDINGS.md).
+            # VersionAlreadyExists surfaces as the generic DeltaError (docs/findings.md).
             raise SinkCommitError(table, str(exc)) from exc
         dt.update_incremental()
         seconds = time.perf_counter() - started

@@ -275,7 +275,7 @@ def _order(ev: RegistryEvent) -> tuple[datetime, int]:
 
 class Registry:
     """Reads and appends ``training_runs``. Cheap to construct; every read loads a fresh
-    snapshot (a long-lived DeltaTable gets slower per commit, see FINDINGS.md)."""
+    snapshot (a long-lived DeltaTable gets slower per commit, see docs/findings.md)."""
 
     def __init__(self, uri: str, *, storage_options: Mapping[str, str] | None = None) -> None:
         self.uri = uri

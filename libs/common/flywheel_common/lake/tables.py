@@ -57,8 +57,13 @@ DPO_PAIRS = pa.schema(
         pa.field("feature", pa.string(), nullable=False),
         pa.field("model", pa.string()),
         pa.field("model_version", pa.string()),
+        # Chosen vs rejected, by filters.similarity.metric: "levenshtein" (default) is
+        # 1 - Levenshtein.distance / max(len), "indel" is Levenshtein.ratio; the row's
+        # filter_config_hash names which (docs/curator.md, "Similarity band").
         pa.field("similarity", pa.float64()),
-        pa.field("toxicity", pa.float64()),  # of the chosen text
+        # The worst toxicity score of the chosen text's pieces (whole, each sentence, the
+        # spans an edit inserted), and of the rejected text's (docs/curator.md, "Toxicity").
+        pa.field("toxicity", pa.float64()),
         pa.field("toxicity_rejected", pa.float64()),
         pa.field("weight", pa.float64(), nullable=False),
         *_LINEAGE,
@@ -96,8 +101,8 @@ REJECTED_CANDIDATES = pa.schema(
         pa.field("tenant", pa.string()),
         pa.field("user_hash", pa.string()),
         pa.field("feature", pa.string()),
-        pa.field("similarity", pa.float64()),
-        pa.field("toxicity", pa.float64()),
+        pa.field("similarity", pa.float64()),  # as in dpo_pairs
+        pa.field("toxicity", pa.float64()),  # as in dpo_pairs
         *_LINEAGE,
         *_KAFKA,
     ]
