@@ -75,7 +75,7 @@ test-trainer: setup setup-trainer k8s-tools ## trainer tests (tiny models on CPU
 	  $(DEPLOY_TRAINER_TESTS) $(PYTEST_ARGS)
 
 test-deploy: setup k8s-tools ## images built, compose stack run end to end (needs a Docker engine)
-	$(PY) -m pytest tests/deploy -m deploy $(PYTEST_ARGS)
+	$(PY) -m pytest tests/deploy -m deploy $(addprefix --ignore=,$(DEPLOY_TRAINER_TESTS)) $(PYTEST_ARGS)
 
 test: lint test-light test-trainer ## the whole suite, as CI runs it
 

@@ -107,16 +107,15 @@ def test_events_become_gold_pairs_and_a_recorded_job(stack: RunningStack) -> Non
 
 
 def test_a_pinned_version_is_never_vacuumed(stack: RunningStack) -> None:
-    """``flywheel data pin`` of the version the run trained on (trainer image), then
+    """``flywheel data pin`` (trainer image) of the current version, more pairs after it, then
     ``flywheel data compact --vacuum`` with no retention (curator image): the compaction
-    replaces that version's files, and the vacuum that would delete them is refused."""
+    replaces the pinned version's files, and the vacuum that would delete them is refused."""
     compose = stack.compose
-    runs = json.loads(compose.exec("trainer", "flywheel", "models", "list", "--json"))
-    pinned = int(runs[-1]["dataset"].rsplit("@", 1)[1])
-    before = compose.lake()
-    assert before["dpo_pairs"]["files"] > 1, before["dpo_pairs"]  # something to compact
-    with TIMINGS.phase("pin, then compact --vacuum"):
+    pinned = int(compose.lake()["dpo_pairs"]["version"])
+    with TIMINGS.phase("pin, more pairs, compact --vacuum"):
         compose.exec("trainer", "flywheel", "data", "pin", "--version", str(pinned))
+        send_events(stack.url, stack.api_key, edit_events(BATCH, seed=16))
+        before = _wait_until_caught_up(compose)
         refused = compose.run(
             "run",
             "--rm",
@@ -135,11 +134,13 @@ def test_a_pinned_version_is_never_vacuumed(stack: RunningStack) -> None:
             check=False,
             timeout_s=180,
         )
+    assert before["dpo_pairs"]["files"] > 1, before["dpo_pairs"]  # something to compact
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert f"pinned version {pinned}" in refused.stderr
     after = compose.lake()
     assert after["dpo_pairs"]["version"] > before["dpo_pairs"]["version"]  # compacted
     assert after["dpo_pairs"]["files"] == 1
+    assert after["dpo_pairs"]["rows"] == EDITS + BATCH
     assert pinned in after["pairs_loadable_versions"]  # and the pinned version still reads
 
 
