@@ -29,6 +29,7 @@ from flywheel_curator.facts import LoopbackFacts
 from flywheel_curator.filters import install_log_redaction
 from flywheel_curator.joins import JoinStore
 from flywheel_curator.pipeline import Pipeline, build_pipeline
+from flywheel_curator.retention import PINNED_TABLE, REGISTRY_TABLE, keep_pinned_files
 from flywheel_curator.settings import CuratorSettings, StartSettings
 from flywheel_curator.sink import COMMIT_ORDER, DeltaSink
 from flywheel_curator.sources import validate
@@ -248,13 +249,17 @@ def _replay(args: argparse.Namespace) -> int:
 def compact_command(parser: argparse.ArgumentParser) -> Handler:
     """Compact small files of the curator's tables, checkpoint them, optionally vacuum.
 
-    Compaction keeps the tables' application-transaction ids (the curator's offsets).
+    Compaction keeps the tables' application-transaction ids (the curator's offsets). A vacuum
+    that would delete files of the version pinned with ``flywheel data pin`` is refused.
     """
     parser.add_argument("--lake", help="lake URI (default: FLYWHEEL_CURATOR_LAKE__URI)")
     parser.add_argument("--table", action="append", choices=COMMIT_ORDER, help="repeatable")
     parser.add_argument("--target-size-mb", type=int, default=128)
     parser.add_argument("--vacuum", action="store_true", help="delete unreferenced files")
     parser.add_argument("--retention-hours", type=int, default=168)
+    parser.add_argument(
+        "--registry", help=f"the trainer's registry, for the pin (default: <lake>/{REGISTRY_TABLE})"
+    )
     return _compact
 
 
@@ -274,10 +279,19 @@ def _compact(args: argparse.Namespace) -> int:
             dt.create_checkpoint()
             removed: list[str] = []
             if args.vacuum:
+                enforce = args.retention_hours >= 168
+                if table == PINNED_TABLE:  # never delete what the pinned version reads
+                    keep_pinned_files(
+                        dt,
+                        registry_uri=args.registry or lake.table_uri(REGISTRY_TABLE),
+                        retention_hours=args.retention_hours,
+                        enforce_retention_duration=enforce,
+                        storage=storage,
+                    )
                 removed = dt.vacuum(
                     retention_hours=args.retention_hours,
                     dry_run=False,
-                    enforce_retention_duration=args.retention_hours >= 168,
+                    enforce_retention_duration=enforce,
                 )
         except DeltaError as exc:
             raise LakeError(f"cannot compact {table}: {exc}") from exc
