@@ -14,7 +14,11 @@ Exactly once, in short:
    (``sink.py``, fenced against zombies), then the state store, then — as a convenience only —
    the Kafka offsets. Facts are therefore durable before the offsets that made them count as
    consumed; a replay re-sends them with the same ids and the receiver counts them once.
-4. A failed or fenced commit drops the batch, rolls the state back and re-seeks from the lake.
+4. A failed or fenced commit drops the batch, rolls the state back and re-seeks from the lake
+   (after a backoff where the cause is transient: a lost race, a broker away for a while).
+5. Anything else (a bug, a refusal no retry cures) abandons the batch: nothing of it is
+   committed, not by the close path either, the state rolls back and the process exits
+   non-zero; the next start re-reads the batch.
 """
 
 from __future__ import annotations
@@ -38,15 +42,24 @@ from confluent_kafka import (
     TopicPartition,
 )
 from flywheel_common.codec import AvroCodec
-from flywheel_common.errors import DecodeError, FlywheelError, SinkCommitError
+from flywheel_common.errors import (
+    BrokerUnavailableError,
+    DecodeError,
+    FlywheelError,
+    LakeError,
+    SinkCommitError,
+)
 from flywheel_common.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from flywheel_common.lake import TableName
 from flywheel_common.partitioner import partition_for
 
 from flywheel_curator import metrics
 from flywheel_curator.candidate import KafkaOrigin
-from flywheel_curator.dlq import Notifier
-from flywheel_curator.facts import FACT_RECORD, Fact, KafkaFacts
+from flywheel_curator.delivery import MessageLimits
+from flywheel_curator.dlq import Letter, Notifier
+from flywheel_curator.errors import InjectedFault
+from flywheel_curator.facts import FACT_RECORD, Fact, KafkaFacts, fact_problem
+from flywheel_curator.filters import FilterError
 from flywheel_curator.gate import ReplayGate
 from flywheel_curator.joins import JoinStore
 from flywheel_curator.pipeline import (
@@ -71,6 +84,9 @@ _BASE_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
 # Every n-th run is checked against Kafka's partitioner (regenerate facts rely on it).
 _ROUTING_SAMPLE = 64
+# Failures a re-read of the batch may cure: a lost commit race, a table that could not be
+# loaded, a broker away for a while, a toxicity scorer that failed (fail closed).
+_TRANSIENT = (LakeError, BrokerUnavailableError, FilterError)
 
 
 class Curator:
@@ -101,8 +117,18 @@ class Curator:
             settings.filters,
         )
         self.partitions = _prepare_pairing_topic(settings)
+        t = self.topics
+        self.limits = MessageLimits.read(settings.kafka, [t.pairing, t.dlq, t.gold])
         self.facts = KafkaFacts(
-            make_producer(settings.kafka, linger_ms=20), self.codec, topic=self.topics.pairing
+            make_producer(
+                settings.kafka,
+                linger_ms=20,
+                overrides=self.limits.producer_overrides([t.pairing]),
+            ),
+            self.codec,
+            topic=t.pairing,
+            budget=self.limits.budget(t.pairing),
+            oversized=self._fact_too_large,
         )
         self.pipeline: Pipeline = build_pipeline(
             settings, self.store, facts=self.facts, chain=chain
@@ -125,7 +151,13 @@ class Curator:
             },
         )
         self.notifier = Notifier(
-            make_producer(settings.kafka), self.codec, settings.kafka, curator=settings.instance_id
+            make_producer(
+                settings.kafka, overrides=self.limits.producer_overrides([t.dlq, t.gold])
+            ),
+            self.codec,
+            settings.kafka,
+            curator=settings.instance_id,
+            limits=self.limits,
         )
         self.assigned: set[TP] = set()
         # Each table's txn version per partition, as this process last saw or wrote it.
@@ -139,6 +171,7 @@ class Curator:
         self.gate = ReplayGate()
         self.commits = 0
         self._failures = 0
+        self._abandoned = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -152,26 +185,44 @@ class Curator:
             "curator started",
             extra={"group": self.settings.group_id, "instance": self.settings.instance_id},
         )
-        batch = self.settings.batch
         try:
-            while not stop.is_set():
-                left = batch.max_seconds - (time.monotonic() - self._batch_started)
-                msgs = self.consumer.consume(
-                    num_messages=batch.consume_batch, timeout=max(0.0, min(left, 0.5))
-                )
-                for msg in msgs:
-                    self._handle(msg)
-                if self.gate.held:
-                    self._release_held()
-                self.notifier.poll()
-                self.facts.poll()
-                if self._due():
-                    self.flush()
-                if self.settings.start.stop_at_end and self._caught_up():
-                    break
-            self.flush()
+            self._loop(stop)
+        except BaseException:
+            self._abandon()
+            raise
         finally:
             self.close()
+
+    def _loop(self, stop: threading.Event) -> None:
+        batch = self.settings.batch
+        while not stop.is_set():
+            left = batch.max_seconds - (time.monotonic() - self._batch_started)
+            msgs = self.consumer.consume(
+                num_messages=batch.consume_batch, timeout=max(0.0, min(left, 0.5))
+            )
+            for msg in msgs:
+                self._handle(msg)
+            if self.gate.held:
+                self._release_held()
+            self.notifier.poll()
+            self.facts.poll()
+            if self._due():
+                self.flush()
+            if self.settings.start.stop_at_end and self._caught_up():
+                break
+        self.flush()
+
+    def _abandon(self) -> None:
+        """An unexpected error: nothing of the batch in progress may reach a table (nor may the
+        close path's revoke callback commit it); the state rolls back, and the next start
+        re-reads the batch from the lake's offsets."""
+        self._abandoned = True
+        log.error(
+            "batch abandoned: an unexpected error stops the curator; nothing of the batch "
+            "was committed",
+            extra={"events": self._events},
+        )
+        self._drop("abandoned")
 
     def close(self) -> None:
         try:
@@ -206,8 +257,10 @@ class Curator:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Still the owner while the callback runs: commit what was read, then let go.
-        self.flush()
+        # Still the owner while the callback runs: commit what was read, then let go; but
+        # never a batch that an unexpected error left half done.
+        if not self._abandoned:
+            self.flush()
         self._forget(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -307,6 +360,7 @@ class Curator:
         replay = offset < (self.known["dpo_pairs"].get(tp) or 0)
         self._end[tp] = offset + 1
         self._events += 1
+        self._fault("while_handling")
         if topic == self.topics.pairing:
             self._handle_fact(msg, KafkaOrigin(topic, partition, offset), replay=replay)
             return
@@ -353,6 +407,8 @@ class Curator:
         else:
             if decoded.name != FACT_RECORD:
                 reason, detail = "invalid_event", f"a {decoded.name} record on the pairing topic"
+            elif (problem := fact_problem(decoded.record)) is not None:
+                reason, detail = "invalid_fact", problem
         if reason:
             if not replay:
                 self.notifier.dead_letter(msg, reason=reason, detail=detail)
@@ -364,6 +420,28 @@ class Curator:
             metrics.FACTS_UNKNOWN.inc()  # a newer curator's kind: nothing this one can pair
             return
         self.pipeline.process_fact(fact, origin)
+
+    def _fact_too_large(self, fact: Fact, value: bytes) -> None:
+        """A fact the pairing topic would refuse: dead-lettered under the position of the
+        event that made it (the pair it would make cannot form)."""
+        limit = self.limits.limit(self.topics.pairing)
+        self.notifier.send(
+            Letter(
+                topic=fact.origin.topic,
+                partition=fact.origin.partition,
+                offset=fact.origin.offset,
+                key=fact.key.encode(),
+                payload=value,
+                received_ms=fact.ts,
+                reason="fact_too_large",
+                detail=f"a {fact.kind} pairing fact of {len(value)} bytes does not fit the "
+                f"pairing topic (max.message.bytes {limit}); its pair is not formed",
+                tenant=fact.tenant,
+                about=f":fact:{fact.fact_id}",
+            )
+        )
+        self._dlq_pending = True
+        self.pipeline.summary.dlq["fact_too_large"] += 1
 
     def _check_routing(self, msg: Message, partition: int) -> None:
         """Regenerate facts find a parent run with Kafka's partitioner; a run that some other
@@ -451,9 +529,9 @@ class Curator:
             self.pipeline.fire_timers()
             self._collect(self.pipeline.drain())
             self.pipeline.expire()
+            self.facts.flush()  # a message is only passed once the facts it made are durable
             if self._dlq_pending:
-                self.notifier.flush()  # a message is only passed once its letter is durable
-            self.facts.flush()  # ... and once the facts it made are
+                self.notifier.flush()  # ... and its letter (an oversized fact's too)
             end = dict(self._end)
             done = self.sink.commit(self._rows, known=self.known, end=end)
         except ZombieError as exc:
@@ -461,9 +539,10 @@ class Curator:
             self._drop("zombie")
             self._reseek()
             return
-        except FlywheelError as exc:
+        except _TRANSIENT as exc:
             # A lost commit race, a failing toxicity scorer (fail closed), an unacknowledged
             # dead letter: nothing of the batch counts; re-read it after a bounded backoff.
+            # Anything else leaves through ``run``, which abandons the batch.
             self._failures += 1
             backoff = min(_MAX_BACKOFF_S, _BASE_BACKOFF_S * 2 ** (self._failures - 1))
             log.error(
@@ -591,7 +670,9 @@ class Curator:
     def _fault(self, point: FaultPoint) -> None:
         faults = self.settings.faults
         if point in faults.crash_at and self._rng.random() < faults.probability:
-            log.warning("fault injected: SIGKILL", extra={"point": point})
+            log.warning(f"fault injected: {faults.mode}", extra={"point": point})
+            if faults.mode == "raise":
+                raise InjectedFault(point)
             os.kill(os.getpid(), signal.SIGKILL)
 
 

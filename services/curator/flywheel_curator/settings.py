@@ -61,13 +61,15 @@ class StartSettings(BaseModel):
 
 
 class FaultSettings(BaseModel):
-    """Fault injection for the crash tests: SIGKILL this process at the named points with
-    ``probability``. Never set in production."""
+    """Fault injection for the crash tests: at the named points, with ``probability``, SIGKILL
+    this process (``kill``) or raise an unexpected exception (``raise``). Never set in
+    production."""
 
     model_config = ConfigDict(frozen=True)
 
     crash_at: tuple[FaultPoint, ...] = ()
     probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    mode: Literal["kill", "raise"] = "kill"
 
 
 class CuratorSettings(BaseSettings):

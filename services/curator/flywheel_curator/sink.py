@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 FaultPoint = Literal[
+    "while_handling",
     "before_parquet_write",
     "after_write_before_commit",
     "after_commit_before_kafka_commit",
