@@ -5,14 +5,16 @@ Exactly once, in short:
 
 1. Partitions are assigned with the ``range`` strategy, so partition *p* of the three
    co-partitioned topics goes to one process and a run meets its feedback.
-2. On assignment the position of each partition comes from the lake, never from Kafka: the
-   ``dpo_pairs`` txn version *D* (next offset committed to all tables) and the state store's
-   applied offset *S* ≤ *D*. The consumer seeks to *S* and re-applies [S, D) to the state;
-   rows re-derived there are skipped for any table whose txn already covers all of their
-   ingredients. Until every partition is back at *D*, messages past it wait (``gate.py``).
+2. On assignment the curator checks that the topics are the ones the lake recorded, claims
+   the partitions in the lake (``claims.py``: a zombie is fenced from then on), and resumes
+   each from the lake, never from Kafka (``resume.py``): the ``dpo_pairs`` txn version *D*
+   (next offset committed to all tables) and the state store's applied offset *S* ≤ *D*. It
+   re-applies [S, D) to the state; rows re-derived there are skipped for any table whose txn
+   already covers all of their ingredients (``replayed.py``). Until every partition is back at
+   *D*, messages past it wait (``gate.py``).
 3. A micro-batch first flushes the pairing facts it produced, then commits to Delta
    (``sink.py``, fenced against zombies), then the state store, then — as a convenience only —
-   the Kafka offsets. Facts are therefore durable before the offsets that made them count as
+   the Kafka offsets; table upkeep (``upkeep.py``) runs after that, between batches. Facts are therefore durable before the offsets that made them count as
    consumed; a replay re-sends them with the same ids and the receiver counts them once.
 4. A failed or fenced commit drops the batch, rolls the state back and re-seeks from the lake
    (after a backoff where the cause is transient: a lost race, a broker away for a while).
@@ -33,8 +35,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -55,13 +55,14 @@ from flywheel_common.partitioner import partition_for
 
 from flywheel_curator import metrics
 from flywheel_curator.candidate import KafkaOrigin
+from flywheel_curator.claims import claim
 from flywheel_curator.delivery import MessageLimits
 from flywheel_curator.dlq import Letter, Notifier
 from flywheel_curator.errors import InjectedFault
 from flywheel_curator.facts import FACT_RECORD, Fact, KafkaFacts, fact_problem
 from flywheel_curator.filters import FilterError
-from flywheel_curator.gate import ReplayGate
 from flywheel_curator.joins import JoinStore
+from flywheel_curator.offsets import partitions_of
 from flywheel_curator.pipeline import (
     FILTER_STATE_COLUMNS,
     CuratedRow,
@@ -70,6 +71,8 @@ from flywheel_curator.pipeline import (
     build_pipeline,
     load_filter_state,
 )
+from flywheel_curator.replayed import sort_replayed
+from flywheel_curator.resume import Resume
 from flywheel_curator.settings import CuratorSettings
 from flywheel_curator.sink import COMMIT_ORDER, DeltaSink, FaultPoint, ZombieError
 from flywheel_curator.sources import validate
@@ -100,7 +103,8 @@ class Curator:
         self.sink = DeltaSink(
             settings.lake,
             group=settings.group_id,
-            checkpoint_interval=settings.checkpoint_interval,
+            instance=settings.instance_id,
+            upkeep=settings.upkeep,
             fault=self._fault,
         )
         self.sink.ensure_tables()
@@ -143,6 +147,9 @@ class Curator:
                 "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
                 "client.id": f"{settings.kafka.client_id}-curator-{settings.instance_id}",
                 "enable.partition.eof": False,
+                # Never start anywhere by itself: a position off the log is decided in
+                # resume.py (retention: the log start; past the end: refuse).
+                "auto.offset.reset": "error",
                 **(
                     {"group.instance.id": settings.static_member_id}
                     if settings.static_member_id
@@ -162,22 +169,28 @@ class Curator:
         self.assigned: set[TP] = set()
         # Each table's txn version per partition, as this process last saw or wrote it.
         self.known: dict[TableName, dict[TP, int | None]] = {t: {} for t in COMMIT_ORDER}
+        # The owner epoch this process claimed for each assigned partition (claims.py).
+        self.epochs: dict[TP, int] = {}
         self._end: dict[TP, int] = {}  # next offset after the batch, per partition read
         self._rows: dict[TableName, list[dict[str, Any]]] = {t: [] for t in COMMIT_ORDER}
         self._events = 0
         self._batch_started = time.monotonic()
         self._dlq_pending = False
         self._stop_at: dict[TP, int] = {}
-        self.gate = ReplayGate()
+        self.resume = Resume(settings, self.consumer, self.sink, self.store, self.known)
+        self.gate = self.resume.gate
         self.commits = 0
         self._failures = 0
         self._abandoned = False
+        self._faults = 0  # injected so far (crash tests)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set (or, for a replay, until caught up)."""
         topics = [self.topics.runs, self.topics.feedback, self.topics.edits, self.topics.pairing]
+        # Refuse before joining the group if the topics were recreated under this lake.
+        self.resume.check(partitions_of(self.consumer, topics))
         self.consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -187,8 +200,8 @@ class Curator:
         )
         try:
             self._loop(stop)
-        except BaseException:
-            self._abandon()
+        except BaseException as exc:
+            self._abandon(exc)
             raise
         finally:
             self.close()
@@ -203,7 +216,7 @@ class Curator:
             for msg in msgs:
                 self._handle(msg)
             if self.gate.held:
-                self._release_held()
+                self.resume.release_held()
             self.notifier.poll()
             self.facts.poll()
             if self._due():
@@ -212,15 +225,14 @@ class Curator:
                 break
         self.flush()
 
-    def _abandon(self) -> None:
-        """An unexpected error: nothing of the batch in progress may reach a table (nor may the
-        close path's revoke callback commit it); the state rolls back, and the next start
-        re-reads the batch from the lake's offsets."""
+    def _abandon(self, exc: BaseException) -> None:
+        """The loop ended by an exception: nothing of the batch in progress may reach a table
+        (nor may the close path's revoke callback commit it); the state rolls back, and the
+        next start re-reads the batch from the lake's offsets."""
         self._abandoned = True
         log.error(
-            "batch abandoned: an unexpected error stops the curator; nothing of the batch "
-            "was committed",
-            extra={"events": self._events},
+            "batch abandoned: nothing of it was committed; the curator stops",
+            extra={"events": self._events, "error": type(exc).__name__},
         )
         self._drop("abandoned")
 
@@ -241,15 +253,16 @@ class Curator:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self.assigned = set(tps)
-        positions = self._positions(tps)
-        self.gate.begin(positions, self._lake_ends(tps))
-        self._log_replay()
+        # Checked, then claimed before anything is read: from here on a zombie's commit is
+        # refused.
+        self.resume.check(tps)
+        self.epochs = claim(self.sink, tps, topics=self.resume.topic_ids) if tps else {}
+        positions = self.resume.start(tps)
         for p in partitions:
             p.offset = positions[(p.topic, p.partition)]
         if self.settings.start.stop_at_end:
-            for p in partitions:
-                _low, high = consumer.get_watermark_offsets(p, timeout=_WATERMARK_TIMEOUT_S)
-                self._stop_at[(p.topic, p.partition)] = high
+            for tp in tps:
+                self._stop_at[tp] = self.resume.marks[tp][1]
         consumer.assign(partitions)
         log.info(
             "assigned",
@@ -275,65 +288,33 @@ class Curator:
         for p in partitions:
             tp = (p.topic, p.partition)
             self.assigned.discard(tp)
+            self.epochs.pop(tp, None)
             for table in COMMIT_ORDER:
                 self.known[table].pop(tp, None)
 
-    def _positions(self, tps: Sequence[TP]) -> dict[TP, int]:
-        """Where to resume each partition: from the lake's offsets and the state's, never
-        from Kafka's committed offsets."""
-        offsets = self.sink.offsets(tps)
-        for table in COMMIT_ORDER:
-            self.known[table].update(offsets[table])
-        dpo = offsets["dpo_pairs"]
-        ahead = [tp for tp in tps if _gt(self.store.applied(tp), dpo[tp])]
-        if ahead:
-            # State newer than the table (a restored table, a state file from elsewhere):
-            # it cannot be trusted; rebuild it from Kafka.
-            log.warning("state ahead of the lake; rebuilding", extra={"partitions": ahead})
-            self.store.reset()
-        out: dict[TP, int] = {}
-        for tp in tps:
-            committed, applied = dpo[tp], self.store.applied(tp)
-            if committed is None:
-                out[tp] = self._initial(tp)
-            elif applied is None:
-                out[tp] = self._window_start(tp, committed)
-            else:
-                out[tp] = applied
-        return out
-
-    def _initial(self, tp: TP) -> int:
-        start = self.settings.start
-        if start.mode == "offset" and start.offset is not None:
-            return start.offset
-        if start.mode == "timestamp" and start.timestamp_ms is not None:
-            return self._offset_for_time(tp, start.timestamp_ms, default=OFFSET_END)
-        return OFFSET_END if start.mode == "latest" else OFFSET_BEGINNING
-
-    def _window_start(self, tp: TP, committed: int) -> int:
-        """No local state for a partition the lake has seen: rebuild the joins from the
-        events inside the retention window (rows they re-derive are skipped)."""
-        since = int((time.time() - self.settings.join_window_s) * 1000)
-        found = self._offset_for_time(tp, since, default=committed)
-        return min(found, committed) if found >= 0 else OFFSET_BEGINNING
-
-    def _offset_for_time(self, tp: TP, ts_ms: int, *, default: int) -> int:
-        found = self.consumer.offsets_for_times(
-            [TopicPartition(tp[0], tp[1], ts_ms)], timeout=_WATERMARK_TIMEOUT_S
-        )
-        offset = int(found[0].offset)
-        return offset if offset >= 0 else default
-
     def _caught_up(self) -> bool:
-        if not self.assigned or not self._stop_at:
+        """A replay is done once every assigned partition's *position* reached the end it had
+        at the start (and the pairing topic's, the facts this replay wrote), nothing is held
+        or replaying and the last batch is committed. Positions, not the last message's
+        offset: a transactional producer's last offset is a commit marker that no message
+        has, and the consumer's position moves past it."""
+        if not self.assigned or not self._stop_at or self._end:
             return False
-        for tp in self.assigned:
+        if self.gate.held or self.gate.replaying:
+            return False
+        tps = sorted(self.assigned)
+        try:
+            found = self.consumer.position([TopicPartition(t, p) for t, p in tps])
+        except KafkaException as exc:
+            log.info("position unavailable", extra={"error": str(exc)})
+            return False
+        positions = {(p.topic, p.partition): p.offset for p in found}
+        for tp in tps:
             high = self._stop_at.get(tp, 0)
             if tp[0] == self.topics.pairing:
-                # Facts this replay wrote after it started are part of its input too.
                 high = max(high, self.facts.produced_end.get(tp[1], 0))
-            done = self.known["dpo_pairs"].get(tp) or 0
-            if done < high and high > 0:
+            done = max(positions.get(tp, -1), self.known["dpo_pairs"].get(tp) or 0)
+            if done < high:
                 return False
         return True
 
@@ -342,7 +323,10 @@ class Curator:
     def _handle(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if err.code() == KafkaError._AUTO_OFFSET_RESET and topic and partition is not None:
+                self.resume.off_the_log((topic, partition), offset or 0)
+            elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error", extra={"error": str(err)})
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -468,28 +452,8 @@ class Curator:
     # -- commit -------------------------------------------------------------------------------
 
     def _collect(self, rows: Sequence[CuratedRow]) -> None:
-        """Keep the rows the tables do not hold yet.
-
-        ``sft_examples`` follows its own offsets (sampling is deterministic). The two pair
-        tables share one decision per candidate, and a replayed candidate may be judged
-        differently (near-dup and caps depend on order across partitions), so they are judged
-        together: ``rejected_candidates`` commits before ``dpo_pairs``, and where a crash left
-        it ahead, a candidate in between is looked up by ``candidate_id`` before it is written.
-        """
-        ambiguous: list[CuratedRow] = []
-        for row in rows:
-            if row.table == "sft_examples":
-                state = self._status(row, self.known["sft_examples"], self.known["dpo_pairs"])
-            else:
-                state = self._status(
-                    row, self.known["dpo_pairs"], self.known["rejected_candidates"]
-                )
-            if state == "new":
-                self._rows[row.table].append(row.row)
-            elif state == "ambiguous":
-                ambiguous.append(row)
-            else:
-                metrics.REPLAYED_ROWS_SKIPPED.labels(table=row.table).inc()
+        """Keep the rows the tables do not hold yet (``replayed.py``)."""
+        fresh, ambiguous = sort_replayed(rows, self.known, self.assigned)
         if ambiguous:
             written = self.sink.existing_candidates(
                 [r.candidate_key for r in ambiguous if r.candidate_key is not None]
@@ -498,28 +462,9 @@ class Curator:
                 if row.candidate_key in written:
                     metrics.REPLAYED_ROWS_SKIPPED.labels(table=row.table).inc()
                 else:
-                    self._rows[row.table].append(row.row)
-
-    def _status(
-        self,
-        row: CuratedRow,
-        low: dict[TP, int | None],
-        other: dict[TP, int | None],
-    ) -> str:
-        """``new`` if an owned ingredient is past both offsets, ``old`` if all are below
-        ``low``; in between, ``ambiguous``."""
-        verdict = "old"
-        for origin in row.ingredients:
-            tp = (origin.topic, origin.partition)
-            if tp not in self.assigned:
-                continue
-            lo = low.get(tp) or 0
-            hi = max(lo, other.get(tp) or 0)
-            if origin.offset >= hi:
-                return "new"
-            if origin.offset >= lo:
-                verdict = "ambiguous"
-        return verdict
+                    fresh.append(row)
+        for row in fresh:
+            self._rows[row.table].append(row.row)
 
     def flush(self) -> None:
         """Commit the micro-batch: Delta (fenced), then state, then Kafka offsets."""
@@ -533,7 +478,7 @@ class Curator:
             if self._dlq_pending:
                 self.notifier.flush()  # ... and its letter (an oversized fact's too)
             end = dict(self._end)
-            done = self.sink.commit(self._rows, known=self.known, end=end)
+            done = self.sink.commit(self._rows, known=self.known, end=end, epochs=self.epochs)
         except ZombieError as exc:
             log.warning("fenced: another curator owns a partition", extra={"error": str(exc)})
             self._drop("zombie")
@@ -573,6 +518,7 @@ class Curator:
                     rows=committed.rows,
                     tenants=committed.tenants,
                 )
+        self.sink.upkeep()  # compaction and checkpoints, between batches
         log.debug(
             "committed",
             extra={
@@ -592,6 +538,9 @@ class Curator:
         except KafkaException as exc:
             log.info("kafka offset commit skipped", extra={"error": str(exc)})
 
+    def _reseek(self) -> None:
+        self.resume.reseek(sorted(self.assigned))
+
     def _drop(self, reason: str) -> None:
         metrics.BATCHES_DROPPED.labels(reason=reason).inc()
         self.store.rollback()
@@ -607,73 +556,19 @@ class Curator:
         self._dlq_pending = False
         self._batch_started = time.monotonic()
 
-    def _reseek(self) -> None:
-        if not self.assigned:
-            return
-        tps = sorted(self.assigned)
-        positions = self._positions(tps)
-        held = self.gate.begin(positions, self._lake_ends(tps))
-        self._log_replay()
-        for tp in tps:
-            try:
-                self.consumer.seek(TopicPartition(tp[0], tp[1], positions[tp]))
-            except KafkaException as exc:
-                # Not assigned any more (a rebalance is under way): the next assignment seeks.
-                log.info("seek skipped", extra={"partition": tp, "error": str(exc)})
-        self._resume(held)
-
-    def _log_replay(self) -> None:
-        if self.gate.replaying:
-            log.info(
-                "re-applying what the lake holds; newer messages wait",
-                extra={"partitions": [f"{t}[{p}]" for t, p in self.gate.replaying]},
-            )
-
-    def _lake_ends(self, tps: Sequence[TP]) -> dict[TP, int | None]:
-        """Per partition, the furthest offset any table holds: the end of the replay."""
-        out: dict[TP, int | None] = {}
-        for tp in tps:
-            ends = [v for t in COMMIT_ORDER if (v := self.known[t].get(tp)) is not None]
-            out[tp] = max(ends) if ends else None
-        return out
-
-    def _release_held(self) -> None:
-        """Rewind and resume the partitions the gate held once every replay is done."""
-        replaying = self.gate.replaying
-        if replaying:
-            try:
-                positions = self.consumer.position([TopicPartition(t, p) for t, p in replaying])
-            except KafkaException as exc:
-                log.info("position unavailable", extra={"error": str(exc)})
-                return
-            self.gate.reached(((p.topic, p.partition), p.offset) for p in positions)
-        held = self.gate.release()
-        if held:
-            log.info("replay done; new messages flow again", extra={"held": len(held)})
-        for (topic, partition), offset in held.items():
-            try:
-                self.consumer.seek(TopicPartition(topic, partition, offset))
-            except KafkaException as exc:
-                log.info("seek skipped", extra={"partition": (topic, partition), "error": str(exc)})
-        self._resume(list(held))
-
-    def _resume(self, tps: Sequence[TP]) -> None:
-        if not tps:
-            return
-        try:
-            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
-        except KafkaException as exc:
-            log.info("resume skipped", extra={"error": str(exc)})
-
     # -- faults (crash tests only) --------------------------------------------------------------
 
     def _fault(self, point: FaultPoint) -> None:
         faults = self.settings.faults
-        if point in faults.crash_at and self._rng.random() < faults.probability:
-            log.warning(f"fault injected: {faults.mode}", extra={"point": point})
-            if faults.mode == "raise":
-                raise InjectedFault(point)
-            os.kill(os.getpid(), signal.SIGKILL)
+        if point not in faults.crash_at or self._rng.random() >= faults.probability:
+            return
+        if faults.max_faults is not None and self._faults >= faults.max_faults:
+            return
+        self._faults += 1
+        log.warning(f"fault injected: {faults.mode}", extra={"point": point})
+        if faults.mode == "raise":
+            raise InjectedFault(point)
+        os.kill(os.getpid(), signal.SIGSTOP if faults.mode == "stop" else signal.SIGKILL)
 
 
 def _prepare_pairing_topic(settings: CuratorSettings) -> int:
@@ -685,12 +580,6 @@ def _prepare_pairing_topic(settings: CuratorSettings) -> int:
     partitions = len(runs.partitions) if runs is not None else settings.kafka.partitions
     ensure_topics(settings.kafka, [topics.pairing], partitions=partitions)
     return partitions
-
-
-def _gt(a: int | None, b: int | None) -> bool:
-    if a is None:
-        return False
-    return b is None or a > b
 
 
 def stop_on_signals(stop: threading.Event) -> Callable[[], None]:

@@ -2,7 +2,7 @@
 
     FlywheelError                      (flywheel_common.errors)
     ├── ConfigError
-    │   └── LakeAheadOfTopicError      the lake's offsets lie past a topic's end: recreated?
+    │   └── TopicsReplacedError        the topics under the lake were recreated (or swapped)
     └── ProduceRefusedError            the broker refused a message for good
 
     InjectedFault (RuntimeError)       crash tests only: stands for any unexpected error
@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 from flywheel_common.errors import ConfigError, FlywheelError
 
-__all__ = ["InjectedFault", "LakeAheadOfTopicError", "OffsetGap", "ProduceRefusedError"]
+__all__ = [
+    "InjectedFault",
+    "OffsetGap",
+    "ProduceRefusedError",
+    "TopicReplaced",
+    "TopicsReplacedError",
+]
 
 
 class ProduceRefusedError(FlywheelError):
@@ -47,19 +53,31 @@ class OffsetGap:
         )
 
 
-class LakeAheadOfTopicError(ConfigError):
-    """The lake recorded offsets the topics never reached: they were deleted and recreated (or
-    the curator points at another cluster). Reading on would silently skip or re-read data, so
-    the curator refuses to start until an operator decides."""
+@dataclass(frozen=True, slots=True)
+class TopicReplaced:
+    """A topic whose id is not the one the lake recorded: deleted and created again."""
 
-    def __init__(self, gaps: Sequence[OffsetGap], *, lake: str, group: str) -> None:
-        self.gaps = tuple(gaps)
-        listed = "; ".join(str(g) for g in self.gaps)
+    topic: str
+
+    def __str__(self) -> str:
+        return f"{self.topic}: not the topic the lake recorded (its id changed)"
+
+
+class TopicsReplacedError(ConfigError):
+    """The lake's record does not match the topics on the broker: they were deleted and
+    recreated (or the curator points at another cluster). Reading on would silently skip or
+    re-read data, so the curator refuses to start until an operator decides."""
+
+    def __init__(
+        self, found: Sequence[OffsetGap | TopicReplaced], *, lake: str, group: str
+    ) -> None:
+        self.found = tuple(found)
+        listed = "; ".join(str(g) for g in self.found)
         super().__init__(
-            f"the lake {lake} is ahead of the topics for group {group!r} ({listed}). "
-            "The topics were probably recreated. Either rebuild the tables into a fresh lake "
-            f"with `flywheel replay --lake <new lake> --from-beginning`, or continue this lake "
-            f"on the new topics with `flywheel data reset-offsets --lake {lake} --group {group} "
+            f"the topics under the lake {lake} were replaced for group {group!r} ({listed}). "
+            "Either rebuild the tables into a fresh lake with "
+            "`flywheel replay --lake <new lake> --from-beginning`, or continue this lake on the "
+            f"new topics with `flywheel data reset-offsets --lake {lake} --group {group} "
             "--reason '<why>'`, which is recorded in the tables' history. "
             "The curator never resets offsets by itself."
         )

@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flywheel_curator.filters.settings import FilterSettings
 from flywheel_curator.sink import FaultPoint
+from flywheel_curator.upkeep import UpkeepSettings
 
-__all__ = ["BatchSettings", "CuratorSettings", "FaultSettings", "StartSettings"]
+__all__ = ["BatchSettings", "CuratorSettings", "FaultSettings", "StartSettings", "UpkeepSettings"]
 
 DEFAULT_GROUP = "flywheel-curator"
 # DESIGN.md asks for micro-batches of about a second or 5,000 rows: a pair is visible within
@@ -62,14 +63,16 @@ class StartSettings(BaseModel):
 
 class FaultSettings(BaseModel):
     """Fault injection for the crash tests: at the named points, with ``probability``, SIGKILL
-    this process (``kill``) or raise an unexpected exception (``raise``). Never set in
-    production."""
+    this process (``kill``), raise an unexpected exception (``raise``) or SIGSTOP it until
+    someone sends SIGCONT (``stop``: a zombie paused at that point), at most ``max_faults``
+    times. Never set in production."""
 
     model_config = ConfigDict(frozen=True)
 
     crash_at: tuple[FaultPoint, ...] = ()
     probability: float = Field(default=0.0, ge=0.0, le=1.0)
-    mode: Literal["kill", "raise"] = "kill"
+    mode: Literal["kill", "raise", "stop"] = "kill"
+    max_faults: int | None = Field(default=None, ge=1)
 
 
 class CuratorSettings(BaseSettings):
@@ -84,6 +87,7 @@ class CuratorSettings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     start: StartSettings = StartSettings()
     faults: FaultSettings = FaultSettings()
+    upkeep: UpkeepSettings = UpkeepSettings()
 
     group_id: str = DEFAULT_GROUP
     instance_id: str = Field(default_factory=_instance_id)
@@ -97,6 +101,5 @@ class CuratorSettings(BaseSettings):
     # 0 turns the "no further regenerate" signal off (only copy, accept and rate-up count).
     regenerate_quiet_s: float = Field(default=DEFAULT_REGENERATE_QUIET_S, ge=0.0)
     session_timeout_ms: int = Field(default=DEFAULT_SESSION_TIMEOUT_MS, ge=1_000)
-    checkpoint_interval: int = Field(default=100, ge=1)
     state_cache_kib: int = Field(default=16_384, ge=256)
     metrics_port: int | None = None
