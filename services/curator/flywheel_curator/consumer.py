@@ -14,8 +14,9 @@ Exactly once, in short:
    *D*, messages past it wait (``gate.py``).
 3. A micro-batch first flushes the pairing facts it produced, then commits to Delta
    (``sink.py``, fenced against zombies), then the state store, then — as a convenience only —
-   the Kafka offsets; table upkeep (``upkeep.py``) runs after that, between batches. Facts are therefore durable before the offsets that made them count as
-   consumed; a replay re-sends them with the same ids and the receiver counts them once.
+   the Kafka offsets; table upkeep (``upkeep.py``) runs after that, between batches. Facts are
+   therefore durable before the offsets that made them count as consumed; a replay re-sends
+   them with the same ids and the receiver counts them once.
 4. A failed or fenced commit drops the batch, rolls the state back and re-seeks from the lake
    (after a backoff where the cause is transient: a lost race, a broker away for a while).
 5. Anything else (a bug, a refusal no retry cures) abandons the batch: nothing of it is
@@ -32,6 +33,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
@@ -64,7 +66,6 @@ from flywheel_curator.filters import FilterError
 from flywheel_curator.joins import JoinStore
 from flywheel_curator.offsets import partitions_of
 from flywheel_curator.pipeline import (
-    FILTER_STATE_COLUMNS,
     CuratedRow,
     Pipeline,
     build_chain,
@@ -76,6 +77,7 @@ from flywheel_curator.resume import Resume
 from flywheel_curator.settings import CuratorSettings
 from flywheel_curator.sink import COMMIT_ORDER, DeltaSink, FaultPoint, ZombieError
 from flywheel_curator.sources import validate
+from flywheel_curator.warmup import read_filter_state
 
 __all__ = ["Curator"]
 
@@ -114,12 +116,11 @@ class Curator:
             cache_kib=settings.state_cache_kib,
         )
         chain = build_chain(settings.filters, self.store)
-        # Near-dup and caps remember in memory: rebuild them from what the table holds.
-        load_filter_state(
-            chain,
-            self.sink.table("dpo_pairs").to_pyarrow_table(columns=list(FILTER_STATE_COLUMNS)),
-            settings.filters,
-        )
+        # Near-dup and caps remember in memory: rebuild them from the part of the table they
+        # need (warmup.py), not the whole of it.
+        now = datetime.now(tz=UTC)
+        state = read_filter_state(self.sink.table("dpo_pairs"), settings.filters, now=now)
+        load_filter_state(chain, state, settings.filters)
         self.partitions = _prepare_pairing_topic(settings)
         t = self.topics
         self.limits = MessageLimits.read(settings.kafka, [t.pairing, t.dlq, t.gold])
