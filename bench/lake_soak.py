@@ -42,6 +42,7 @@ from flywheel_common.lake import TableName
 from flywheel_common.settings import LakeSettings
 from flywheel_curator.claims import claim
 from flywheel_curator.sink import COMMIT_ORDER, DeltaSink
+from flywheel_curator.upkeep import UpkeepSettings
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "d9bb330"  # main when this work began: the sink before owner epochs and upkeep
@@ -180,33 +181,23 @@ def _cold(which: str, lake: Path, base: str) -> None:
     print(json.dumps({"seconds": total, "read": read, "rows": table.num_rows}))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commits", type=int, default=2_000)
-    parser.add_argument("--pairs", type=int, default=100, help="dpo_pairs rows per commit")
-    parser.add_argument("--base", default=BASE, help="git revision of the 'before' sink")
-    parser.add_argument("--cold", choices=["before", "after"], help=argparse.SUPPRESS)
-    parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.cold:
-        _cold(args.cold, args.lake, args.base)
-        return 0
-    root = Path(tempfile.mkdtemp(prefix="lake-soak-"))
-    start = datetime.now(tz=UTC) - args.commits * STEP
-    print(
-        f"{datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
-        f"load {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, "
-        f"deltalake {deltalake.__version__}; {args.commits} commits x {args.pairs} pairs"
-    )
+def make_pair(root: Path, name: str, args: argparse.Namespace) -> list[Soaked]:
+    """A 'before' and an 'after' sink on fresh lakes under ``root``."""
     legacy = legacy_sink(args.base)
-    old_sink = legacy.DeltaSink(LakeSettings(uri=str(root / "before")), group=GROUP)
-    new_sink = DeltaSink(LakeSettings(uri=str(root / "after")), group=GROUP, instance="soak")
-    for s in (old_sink, new_sink):
+    old = legacy.DeltaSink(LakeSettings(uri=str(root / f"before{name}")), group=GROUP)
+    upkeep = UpkeepSettings(log_retention_hours=args.log_retention_hours)
+    new = DeltaSink(
+        LakeSettings(uri=str(root / f"after{name}")), group=GROUP, instance="soak", upkeep=upkeep
+    )
+    for s in (old, new):
         s.ensure_tables()
-    sinks = [
-        Soaked("before", old_sink, root / "before", epochs=None),
-        Soaked("after", new_sink, root / "after", epochs=claim(new_sink, TPS, topics={})),
+    return [
+        Soaked("before", old, root / f"before{name}", epochs=None),
+        Soaked("after", new, root / f"after{name}", epochs=claim(new, TPS, topics={})),
     ]
+
+
+def soak(sinks: list[Soaked], args: argparse.Namespace, start: datetime) -> None:
     began = time.perf_counter()
     for i in range(args.commits):
         rows = batch(i, args.pairs, start)
@@ -237,6 +228,60 @@ def main() -> int:
             f"max {max(upkeep) * 1000:.0f} ms, {sum(upkeep) / sum(sinks[1].seconds) * 100:.1f} % "
             "of the commit time"
         )
+
+
+def side_by_side(grown: list[Soaked], args: argparse.Namespace, start: datetime) -> None:
+    """The soak's windows are minutes apart, and machine load drifts: here the grown tables and
+    fresh ones take one commit each in turn, so both windows see the same load."""
+    root = grown[0].lake.parent
+    fresh = make_pair(root, "-fresh", args)
+    for s in grown + fresh:
+        s.seconds.clear()
+    lakes = [grown[0], fresh[0], grown[1], fresh[1]]
+    for k in range(WINDOW):
+        rows = batch(args.commits + k, args.pairs, start)
+        for s in lakes[k % 4 :] + lakes[: k % 4]:
+            s.commit(rows, args.commits + k if s in grown else k)
+    load = os.getloadavg()[0]
+    print(f"\nside by side, {WINDOW} commits to each of four lakes in turn, load {load:.1f}")
+    print(
+        f"{'':8} {'fresh p50':>10} {'fresh p95':>10} {'grown p50':>10} {'grown p95':>10} "
+        f"{'p50 x':>6} {'p95 x':>6}"
+    )
+    for g, f in zip(grown, fresh, strict=True):
+        print(
+            f"{g.name:8} {pct(f.seconds, 0.5):8.1f}ms {pct(f.seconds, 0.95):8.1f}ms "
+            f"{pct(g.seconds, 0.5):8.1f}ms {pct(g.seconds, 0.95):8.1f}ms "
+            f"{pct(g.seconds, 0.5) / pct(f.seconds, 0.5):5.2f}x "
+            f"{pct(g.seconds, 0.95) / pct(f.seconds, 0.95):5.2f}x"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--commits", type=int, default=2_000)
+    parser.add_argument("--pairs", type=int, default=100, help="dpo_pairs rows per commit")
+    parser.add_argument("--base", default=BASE, help="git revision of the 'before' sink")
+    parser.add_argument(
+        "--log-retention-hours", type=int, help="the after sink's upkeep.log_retention_hours"
+    )
+    parser.add_argument("--cold", choices=["before", "after"], help=argparse.SUPPRESS)
+    parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cold:
+        _cold(args.cold, args.lake, args.base)
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="lake-soak-"))
+    start = datetime.now(tz=UTC) - args.commits * STEP
+    print(
+        f"{datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, "
+        f"deltalake {deltalake.__version__}; {args.commits} commits x {args.pairs} pairs; "
+        f"after: log retention {args.log_retention_hours or 'Delta default'} h"
+    )
+    sinks = make_pair(root, "", args)
+    soak(sinks, args, start)
+    side_by_side(sinks, args, start)
     return 0
 
 

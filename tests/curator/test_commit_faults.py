@@ -29,6 +29,7 @@ from tests.curator.conftest import (
     edit_event,
     feedback_event,
     read_table,
+    report,
     run_event,
     settings_for,
     spawn,
@@ -129,7 +130,9 @@ def test_an_oversized_dead_letter_carries_an_excerpt_and_nothing_is_lost(
         return lost_of(tmp_path / "lake", want, letters) == 0
 
     wait_until(settled, timeout=60, interval=0.3, what="every edit in the lake")
-    assert lost_of(tmp_path / "lake", want, letters) == 0
+    lost = lost_of(tmp_path / "lake", want, letters)
+    report("oversized dead letter", events=len(want), refused_before=1, lost=lost)
+    assert lost == 0
 
 
 def _keys_on(partition: int, n: int, partitions: int) -> list[str]:
@@ -172,7 +175,11 @@ def test_a_pairing_fact_larger_than_its_topic_is_dead_lettered_not_lost(
     assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) == big
     assert letter["reason"] == "fact_too_large"
     pairs = wait_until(lambda: read_table(tmp_path / "lake", "dpo_pairs"), what="the small pair")
-    assert [(p["source"], p["chosen_run_id"]) for p in pairs] == [("regenerate", children[1])]
+    got = [(p["source"], p["chosen_run_id"]) for p in pairs]
+    report(
+        "oversized pairing fact", events=6, dead_lettered=1, pairs=len(got), lost=2 - 1 - len(got)
+    )
+    assert got == [("regenerate", children[1])]
 
 
 def test_a_malformed_pairing_fact_is_dead_lettered_not_asserted(
@@ -214,6 +221,7 @@ def test_a_malformed_pairing_fact_is_dead_lettered_not_asserted(
     edit_at = producer.coord_of[after["event_id"]]
     wait_until(lambda: edit_at in pair_coords(tmp_path / "lake"), what="the edit after the fact")
     assert curator.thread is not None and curator.thread.is_alive()
+    report("malformed pairing fact", events=3, dead_lettered=1, lost=0, curator_alive=True)
 
 
 def _lake_offsets(lake: Path, group: str, tps: list[tuple[str, int]]) -> dict[str, list[Any]]:
@@ -259,4 +267,13 @@ def test_an_unexpected_error_abandons_the_batch_and_exits_non_zero(
         clean.send_signal(signal.SIGTERM)
         assert clean.wait(60) == 0
     found = pair_coords(lake)
+    report(
+        "unexpected error mid-batch",
+        events=len(want),
+        faults="1 raise while handling",
+        exit_code=code,
+        committed_by_the_failed_run=0,
+        lost=len(want - set(found)),
+        duplicated=len(found) - len(set(found)),
+    )
     assert sorted(found) == sorted(want), "lost or duplicated"

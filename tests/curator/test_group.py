@@ -25,6 +25,7 @@ from tests.curator.conftest import (
     edit_event,
     feedback_event,
     read_table,
+    report,
     run_event,
     settings_for,
     spawn,
@@ -100,6 +101,13 @@ def test_rebalance_and_sigstop_zombie(kafka_settings: KafkaSettings, tmp_path: P
     found = coords(read_table(lake, "dpo_pairs")) + coords(read_table(lake, "rejected_candidates"))
     counts = Counter(found)
     duplicated = {c: n for c, n in counts.items() if n > 1}
+    report(
+        "rebalance and SIGSTOP zombie",
+        events=len(p.delivered),
+        faults="1 rebalance, 1 SIGSTOP past the session",
+        lost=len(edits - set(counts)),
+        duplicated=sum(n - 1 for n in duplicated.values()),
+    )
     assert not duplicated, f"{len(duplicated)} rows written twice"
     assert set(counts) == edits
 
@@ -299,5 +307,14 @@ def test_a_resumed_zombie_lands_nothing_after_the_takeover(
     zombie_rows = sum(c.rows for c in zombie_commits)
     found = coords(read_table(lake, "dpo_pairs")) + coords(read_table(lake, "rejected_candidates"))
     counts = Counter(found)
+    report(
+        "zombie resumed before the new owner commits",
+        events=len(want),
+        faults="1 SIGSTOP in a commit, resumed after the takeover",
+        zombie_rows=zombie_rows,
+        zombie_commits=len(zombie_commits),
+        lost=len(want - set(counts)),
+        duplicated=sum(n - 1 for n in counts.values()),
+    )
     assert (zombie_rows, len(zombie_commits)) == (0, 0), zombie_commits
     assert set(counts) == want and max(counts.values()) == 1, "lost or duplicated"

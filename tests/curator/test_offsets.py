@@ -27,6 +27,7 @@ from tests.curator.conftest import (
     edit_event,
     env_for,
     read_table,
+    report,
     settings_for,
     spawn,
     wait_until,
@@ -139,6 +140,13 @@ def test_recreated_topics_refuse_a_start_until_an_explicit_reset(
         again.send_signal(signal.SIGTERM)
         assert again.wait(60) == 0
     # The new topics' offsets restart at 0: old and new rows share coordinates, so count.
+    report(
+        "topics recreated under the lake",
+        events=len(first) + len(second),
+        refused_exit_code=2,
+        written_while_refused=0,
+        lost=len(first) + len(second) - len(_rows(lake)),
+    )
     assert len(_rows(lake)) == len(first) + len(second)
     assert second <= set(_rows(lake))
 

@@ -60,7 +60,7 @@ from flywheel_curator.candidate import KafkaOrigin
 from flywheel_curator.claims import claim
 from flywheel_curator.delivery import MessageLimits
 from flywheel_curator.dlq import Letter, Notifier
-from flywheel_curator.errors import InjectedFault
+from flywheel_curator.errors import FencedError, InjectedFault
 from flywheel_curator.facts import FACT_RECORD, Fact, KafkaFacts, fact_problem
 from flywheel_curator.filters import FilterError
 from flywheel_curator.joins import JoinStore
@@ -92,6 +92,8 @@ _ROUTING_SAMPLE = 64
 # Failures a re-read of the batch may cure: a lost commit race, a table that could not be
 # loaded, a broker away for a while, a toxicity scorer that failed (fail closed).
 _TRANSIENT = (LakeError, BrokerUnavailableError, FilterError)
+# Session timeouts a process may stay fenced while the group still assigns it the partitions.
+_FENCED_SESSIONS = 3
 
 
 class Curator:
@@ -183,6 +185,7 @@ class Curator:
         self.commits = 0
         self._failures = 0
         self._abandoned = False
+        self._fenced_since: float | None = None
         self._faults = 0  # injected so far (crash tests)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -253,6 +256,7 @@ class Curator:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
+        self._fenced_since = None
         self.assigned = set(tps)
         # Checked, then claimed before anything is read: from here on a zombie's commit is
         # refused.
@@ -483,6 +487,7 @@ class Curator:
         except ZombieError as exc:
             log.warning("fenced: another curator owns a partition", extra={"error": str(exc)})
             self._drop("zombie")
+            self._fenced_too_long(exc)
             self._reseek()
             return
         except _TRANSIENT as exc:
@@ -508,6 +513,7 @@ class Curator:
         self.store.commit(end)
         self.pipeline.committed()
         self._failures = 0
+        self._fenced_since = None
         self.commits += len(done)
         self._commit_kafka(dpo_done)
         for committed in done:
@@ -528,6 +534,16 @@ class Curator:
             },
         )
         self._reset_batch()
+
+    def _fenced_too_long(self, exc: ZombieError) -> None:
+        """A zombie learns from the group within a session timeout that it lost its
+        partitions. Fenced for much longer while still assigned them, this process was fenced
+        by something the group does not know of (an offset reset): stop, and let the restart
+        claim them again."""
+        now = time.monotonic()
+        self._fenced_since = self._fenced_since or now
+        if now - self._fenced_since > _FENCED_SESSIONS * self.settings.session_timeout_ms / 1000:
+            raise FencedError(str(exc)) from exc
 
     def _commit_kafka(self, offsets: dict[TP, int | None]) -> None:
         # A convenience for lag monitoring only; positions always come from the lake.

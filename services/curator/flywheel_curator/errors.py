@@ -3,11 +3,12 @@
     FlywheelError                      (flywheel_common.errors)
     ├── ConfigError
     │   └── TopicsReplacedError        the topics under the lake were recreated (or swapped)
+    ├── FencedError                    fenced from partitions the group still assigns it
     └── ProduceRefusedError            the broker refused a message for good
 
     InjectedFault (RuntimeError)       crash tests only: stands for any unexpected error
 
-Both curator errors stop the process: retrying the batch cannot cure them. A transient failure
+All three stop the process: retrying the batch cannot cure them. A transient failure
 (a lost commit race, a broker away for a while) is retried instead (``consumer.py``).
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from flywheel_common.errors import ConfigError, FlywheelError
 
 __all__ = [
+    "FencedError",
     "InjectedFault",
     "OffsetGap",
     "ProduceRefusedError",
@@ -35,6 +37,17 @@ class ProduceRefusedError(FlywheelError):
         super().__init__(f"{what} refused by the broker: {reason}")
         self.what = what
         self.reason = reason
+
+
+class FencedError(FlywheelError):
+    """Every commit was fenced for several session timeouts while the group still assigned the
+    partitions: something the group does not know of (an offset reset) claimed them."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"fenced from partitions the group still assigns to this process ({reason}); "
+            "a restart claims them again"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,7 +133,7 @@ class DeltaSink:
             if dt is None:
                 dt = DeltaTable(self.uri(table), storage_options=self._storage)
                 self._tables[table] = dt
-                self._upkeep.loaded(table, dt.version())
+                self._upkeep.loaded(table, dt)
             else:
                 dt.update_incremental()
         except TableNotFoundError:

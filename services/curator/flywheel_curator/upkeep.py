@@ -9,7 +9,12 @@ replaying the log since the last checkpoint (measured, deltalake 1.6.6: BENCHMAR
   switched off so it is not written twice);
 - compaction of the small files once this process added ``compact_min_files`` of them, into
   files of up to ``compact_target_mb``. Compaction keeps the txn versions (the offsets), and
-  the target bounds what one run rewrites: files that reached it are left alone.
+  the target bounds what one run rewrites: files that reached it are left alone;
+- optionally (``log_retention_hours``), deletion of log entries older than that after each
+  checkpoint. On a local disk every snapshot update lists the whole ``_delta_log`` directory
+  (about 1 µs per entry, measured), so commits slow down with the number of versions kept; but
+  time travel (a pinned or restored version) cannot reach past the retention. Off by default:
+  Delta's own retention (30 days) applies.
 
 A failed checkpoint or compaction (another process compacting at the same moment) is logged
 and tried again later; it never fails a batch.
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 # Checkpoints are written by ``Upkeep``; log cleanup lists the whole log directory.
 NO_HOOKS = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
 _MB = 1024 * 1024
+_RETENTION = "delta.logRetentionDuration"
 
 
 class UpkeepSettings(BaseModel):
@@ -46,6 +52,7 @@ class UpkeepSettings(BaseModel):
     checkpoint_interval: int = Field(default=100, ge=1)
     compact_min_files: int = Field(default=200, ge=0)
     compact_target_mb: int = Field(default=32, ge=1)
+    log_retention_hours: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +74,17 @@ class Upkeep:
         self._small: dict[TableName, int] = {}  # files added since this process compacted
         self._checkpoint_at: dict[TableName, int] = {}  # version of the last checkpoint seen
 
-    def loaded(self, table: TableName, version: int) -> None:
-        """A table was loaded at ``version``: count from there."""
-        self._checkpoint_at.setdefault(table, version)
+    def loaded(self, table: TableName, dt: DeltaTable) -> None:
+        """A table was loaded: count from its version, and give it the log retention."""
+        self._checkpoint_at.setdefault(table, dt.version())
+        hours = self.settings.log_retention_hours
+        retention = f"interval {hours} hours"
+        if hours is None or dt.metadata().configuration.get(_RETENTION) == retention:
+            return
+        try:
+            dt.alter.set_table_properties({_RETENTION: retention})
+        except DeltaError as exc:
+            log.warning("log retention not set", extra={"table": table, "error": str(exc)})
 
     def added(self, table: TableName, files: int) -> None:
         self._small[table] = self._small.get(table, 0) + files
@@ -91,6 +106,8 @@ class Upkeep:
         try:
             dt.create_checkpoint()
             checkpoint = dt.version()
+            if s.log_retention_hours is not None:
+                dt.cleanup_metadata()
         except DeltaError as exc:
             # A missed checkpoint only slows loads down; the next interval tries again.
             log.warning("checkpoint failed", extra={"table": table, "error": str(exc)})
