@@ -185,7 +185,7 @@ def make_pair(root: Path, name: str, args: argparse.Namespace) -> list[Soaked]:
     """A 'before' and an 'after' sink on fresh lakes under ``root``."""
     legacy = legacy_sink(args.base)
     old = legacy.DeltaSink(LakeSettings(uri=str(root / f"before{name}")), group=GROUP)
-    upkeep = UpkeepSettings(log_retention_hours=args.log_retention_hours)
+    upkeep = UpkeepSettings(log_retention_minutes=args.log_retention_minutes)
     new = DeltaSink(
         LakeSettings(uri=str(root / f"after{name}")), group=GROUP, instance="soak", upkeep=upkeep
     )
@@ -263,7 +263,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=100, help="dpo_pairs rows per commit")
     parser.add_argument("--base", default=BASE, help="git revision of the 'before' sink")
     parser.add_argument(
-        "--log-retention-hours", type=int, help="the after sink's upkeep.log_retention_hours"
+        "--log-retention-minutes", type=int, help="the after sink's upkeep.log_retention_minutes"
     )
     parser.add_argument("--cold", choices=["before", "after"], help=argparse.SUPPRESS)
     parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
@@ -277,7 +277,7 @@ def main() -> int:
         f"{datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, "
         f"deltalake {deltalake.__version__}; {args.commits} commits x {args.pairs} pairs; "
-        f"after: log retention {args.log_retention_hours or 'Delta default'} h"
+        f"after: log retention {args.log_retention_minutes or 'Delta default'} min"
     )
     sinks = make_pair(root, "", args)
     soak(sinks, args, start)

@@ -10,7 +10,7 @@ replaying the log since the last checkpoint (measured, deltalake 1.6.6: BENCHMAR
 - compaction of the small files once this process added ``compact_min_files`` of them, into
   files of up to ``compact_target_mb``. Compaction keeps the txn versions (the offsets), and
   the target bounds what one run rewrites: files that reached it are left alone;
-- optionally (``log_retention_hours``), deletion of log entries older than that after each
+- optionally (``log_retention_minutes``), deletion of log entries older than that after each
   checkpoint. On a local disk every snapshot update lists the whole ``_delta_log`` directory
   (about 1 µs per entry, measured), so commits slow down with the number of versions kept; but
   time travel (a pinned or restored version) cannot reach past the retention. Off by default:
@@ -52,7 +52,7 @@ class UpkeepSettings(BaseModel):
     checkpoint_interval: int = Field(default=100, ge=1)
     compact_min_files: int = Field(default=200, ge=0)
     compact_target_mb: int = Field(default=32, ge=1)
-    log_retention_hours: int | None = Field(default=None, ge=1)
+    log_retention_minutes: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +77,9 @@ class Upkeep:
     def loaded(self, table: TableName, dt: DeltaTable) -> None:
         """A table was loaded: count from its version, and give it the log retention."""
         self._checkpoint_at.setdefault(table, dt.version())
-        hours = self.settings.log_retention_hours
-        retention = f"interval {hours} hours"
-        if hours is None or dt.metadata().configuration.get(_RETENTION) == retention:
+        minutes = self.settings.log_retention_minutes
+        retention = f"interval {minutes} minutes"
+        if minutes is None or dt.metadata().configuration.get(_RETENTION) == retention:
             return
         try:
             dt.alter.set_table_properties({_RETENTION: retention})
@@ -106,7 +106,7 @@ class Upkeep:
         try:
             dt.create_checkpoint()
             checkpoint = dt.version()
-            if s.log_retention_hours is not None:
+            if s.log_retention_minutes is not None:
                 dt.cleanup_metadata()
         except DeltaError as exc:
             # A missed checkpoint only slows loads down; the next interval tries again.
