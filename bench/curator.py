@@ -55,7 +55,8 @@ def _event(kind: str, i: int, rng: random.Random) -> tuple[str, dict[str, Any]]:
         "received_at": now,
         # Many accounts, as in a multi-tenant deployment: the default per-tenant and per-user
         # caps then protect without starving the measurement (7 tenants hit them at 70k pairs).
-        "tenant": f"t{i % 1009}",
+        # A run's events share its tenant: joins never cross tenants.
+        "tenant": f"t{(i // 4) % 1009}",
     }
     prompt = PROMPTS[i % len(PROMPTS)]
     response = (

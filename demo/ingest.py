@@ -67,7 +67,9 @@ def post_sample(
                         **auth,
                         "content-type": "application/json",
                         TIMESTAMP_HEADER: ts,
-                        SIGNATURE_HEADER: sign(tenant.signing_secret.encode(), ts, body),
+                        SIGNATURE_HEADER: sign(
+                            tenant.signing_secret.encode(), ts, body, path="/v1/events"
+                        ),
                     }
                     resp = client.post("/v1/events", content=body, headers=headers)
                     resp.raise_for_status()

@@ -6,6 +6,7 @@ would otherwise deploy with defaults.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,11 @@ import yaml
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
-COMPOSE = Path(__file__).resolve().parents[1] / "deploy" / "docker-compose.yml"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+ENV_EXAMPLE = DEPLOY / "flywheel.env.example"
+# ${NAME}, ${NAME:-default}, ${NAME:?error}: what compose interpolates from the environment.
+_INTERPOLATED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
 
 
 def compose_environment() -> dict[str, str]:
@@ -22,8 +27,22 @@ def compose_environment() -> dict[str, str]:
     env: dict[str, str] = {}
     for service in doc["services"].values():
         env.update({k: str(v) for k, v in (service.get("environment") or {}).items() if k != "<<"})
-    env.update(doc.get("x-kafka-env", {}))
     return env
+
+
+def compose_variables() -> set[str]:
+    """The variables the compose file reads from the shell or deploy/.env."""
+    return set(_INTERPOLATED.findall(COMPOSE.read_text()))
+
+
+def documented_variables() -> set[str]:
+    """The variables deploy/flywheel.env.example lists (NAME=default lines)."""
+    names = set()
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        name, sep, _ = line.partition("=")
+        if sep and not line.startswith("#"):
+            names.add(name.strip())
+    return names
 
 
 def unknown_variables(settings: type[BaseSettings], env: dict[str, Any]) -> list[str]:

@@ -42,7 +42,8 @@ def test_json_logs_carry_extra_fields() -> None:
 
 
 def test_lake_table_uris() -> None:
-    assert LakeSettings(uri="s3://b/lake/").table_uri("dpo_pairs") == "s3://b/lake/dpo_pairs"
+    s3 = LakeSettings(uri="s3://b/lake/", storage_options={"aws_conditional_put": "etag"})
+    assert s3.table_uri("dpo_pairs") == "s3://b/lake/dpo_pairs"
 
 
 def test_flywheel_cli_lists_commands_and_exits_cleanly() -> None:

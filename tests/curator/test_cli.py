@@ -41,7 +41,7 @@ EDITS = [
     ),
     (
         "Suggest a title for a post about database migrations.",
-        "Databases.",
+        "Schema migrations.",
         "Zero-downtime schema migrations: expand, migrate, contract",
     ),
 ]

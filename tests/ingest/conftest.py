@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from flywheel_common import AvroCodec, Decoded, KafkaSettings, Topics
 from flywheel_common.kafka import ensure_topics, make_consumer
-from flywheel_ingest.app import create_app
+from flywheel_ingest.app import IngestApp, create_app
 from flywheel_ingest.auth import hash_api_key
+from flywheel_ingest.server import server_config
 from flywheel_ingest.settings import ApiKey, IngestSettings
 from pydantic import SecretStr
 
@@ -29,6 +30,9 @@ ACME_KEY = "test-key-acme-0123456789"
 GLOBEX_KEY = "test-key-globex-0123456789"
 GLOBEX_SECRET = "globex-signing-secret"  # noqa: S105 - a test secret
 SLOW_KEY = "test-key-slow-0123456789"
+BROWSER_KEY = "test-key-browser-0123456789"
+FEEDBACK_KEY = "test-key-feedback-0123456789"
+APP_ORIGIN = "https://app.example.com"
 
 API_KEYS = (
     ApiKey(tenant="acme", key_sha256=hash_api_key(ACME_KEY)),
@@ -38,6 +42,14 @@ API_KEYS = (
         signing_secret=SecretStr(GLOBEX_SECRET),
     ),
     ApiKey(tenant="slow", key_sha256=hash_api_key(SLOW_KEY), rate_per_s=0.001, burst=3),
+    ApiKey(
+        tenant="acme",
+        key_sha256=hash_api_key(BROWSER_KEY),
+        kind="browser",
+        scopes=frozenset({"feedback"}),
+        allowed_origins=(APP_ORIGIN, "http://localhost:3000"),
+    ),
+    ApiKey(tenant="acme", key_sha256=hash_api_key(FEEDBACK_KEY), scopes=frozenset({"feedback"})),
 )
 _START_TIMEOUT_S = 30.0
 
@@ -47,6 +59,7 @@ class IngestServer:
     url: str
     settings: IngestSettings
     server: uvicorn.Server
+    app: IngestApp
 
     def client(self, key: str | None = ACME_KEY) -> httpx.Client:
         headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -60,23 +73,15 @@ def serve(settings: IngestSettings) -> Iterator[IngestServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            loop="uvloop",
-            http="httptools",
-            ws="none",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-        )
-    )
+    app = create_app(settings)
+    # The deployed server configuration: every bound and guard of ``server_config`` applies.
+    server = uvicorn.Server(server_config(app, settings, on_refused=app.record_refused_connection))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started or not thread.is_alive(), timeout_s=_START_TIMEOUT_S)
         assert server.started, "ingest did not start"
-        yield IngestServer(f"http://127.0.0.1:{port}", settings, server)
+        yield IngestServer(f"http://127.0.0.1:{port}", settings, server, app)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -129,12 +134,22 @@ def wait_for(condition: Callable[[], object], *, timeout_s: float, every_s: floa
 def topic_sizes(kafka: KafkaSettings) -> dict[str, int]:
     """Messages on each event topic (high minus low watermark, summed over partitions)."""
     consumer = make_consumer(kafka, group_id=f"g{uuid.uuid4().hex}")
+    deadline = time.monotonic() + 20
     try:
         sizes = {}
         for topic in kafka.topics.all():
             total = 0
             for p in range(PARTITIONS):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                while True:
+                    try:
+                        low, high = consumer.get_watermark_offsets(
+                            TopicPartition(topic, p), timeout=10
+                        )
+                        break
+                    except KafkaException:  # a fresh topic's leader is still being elected
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
                 total += high - low
             sizes[topic] = total
         return sizes

@@ -3,8 +3,10 @@ nothing reaches Kafka. One service for the whole module; its topics must stay em
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -23,6 +25,7 @@ from tests.ingest.conftest import (
 NOW_MS = 1_736_000_000_000
 RUN = {"occurred_at": NOW_MS, "run_id": "r1", "prompt": "hi", "response": "yo", "model": "m"}
 FEEDBACK = {"occurred_at": NOW_MS, "run_id": "r1", "kind": "thumbs", "value": 1}
+EDIT = {"occurred_at": NOW_MS, "run_id": "r1", "prompt": "p", "original": "a", "final": "b"}
 JSON = {"content-type": "application/json"}
 ACME = {"authorization": f"Bearer {ACME_KEY}", **JSON}
 GLOBEX = {"authorization": f"Bearer {GLOBEX_KEY}", **JSON}
@@ -36,12 +39,30 @@ def with_(base: dict[str, object], **changes: object) -> bytes:
 DROP = object()
 
 
-def signed(body: bytes, *, ts: str | None = None, sig_body: bytes | None = None) -> dict[str, str]:
-    ts = ts or str(int(time.time()))
+def _now() -> str:
+    return str(int(time.time()))
+
+
+def signed_v1(body: bytes) -> dict[str, str]:
+    """Headers signed the v1 way: HMAC over "<timestamp>." + body, no method, no path."""
+    ts = _now()
+    mac = hmac.new(GLOBEX_SECRET.encode(), f"{ts}.".encode() + body, hashlib.sha256)
+    return {**signed(body, ts=ts), SIGNATURE_HEADER: "sha256=" + mac.hexdigest()}
+
+
+def signed(
+    body: bytes,
+    *,
+    ts: str | None = None,
+    sig_body: bytes | None = None,
+    path: str = "/v1/runs",
+) -> dict[str, str]:
+    ts = ts if ts is not None else _now()
+    secret = GLOBEX_SECRET.encode()
     return {
         **GLOBEX,
         TIMESTAMP_HEADER: ts,
-        SIGNATURE_HEADER: sign(GLOBEX_SECRET.encode(), ts, body if sig_body is None else sig_body),
+        SIGNATURE_HEADER: sign(secret, ts, body if sig_body is None else sig_body, path=path),
     }
 
 
@@ -52,7 +73,11 @@ class Case:
     status: int
     loc: list[str | int] | None = None  # the first error's loc, when it names a field
     type: str | None = None
-    headers: dict[str, str] = field(default_factory=lambda: dict(ACME))
+    # A callable is called at request time: signed headers carry a fresh timestamp, however
+    # long after collection the case runs (a slow run outlived the replay window).
+    headers: dict[str, str] | Callable[[], dict[str, str]] = field(
+        default_factory=lambda: dict(ACME)
+    )
 
 
 def _chunks(total: int) -> Iterator[bytes]:
@@ -63,7 +88,18 @@ def _chunks(total: int) -> Iterator[bytes]:
     yield b"]}"
 
 
+def raw(base: dict[str, object], **fields: object) -> bytes:
+    """``base`` plus fields written as raw JSON text: NaN, Infinity and 2**64 cannot be dumped."""
+    head = orjson.dumps(base)[:-1]
+    return head + b"".join(f', "{k}": {v}'.encode() for k, v in fields.items()) + b"}"
+
+
+def raw_run(**fields: object) -> bytes:
+    return raw(RUN, **fields)
+
+
 BIG = 64 * 1024  # reject_ingest's max_body_bytes
+LONG_MAX = 2**63 - 1
 BATCH = 20  # reject_ingest's max_batch_events
 
 CASES: dict[str, Case] = {
@@ -134,6 +170,50 @@ CASES: dict[str, Case] = {
     ),
     "empty batch": Case("/v1/events", b'{"events": []}', 422, ["body", "events"]),
     "batch not a list": Case("/v1/events", b'{"events": {}}', 422, ["body", "events"]),
+    # 422: numbers the schema cannot hold or the domain forbids (each was a 500 or stored)
+    "NaN below a bound": Case("/v1/runs", raw_run(latency_ms="NaN"), 422, ["body", "latency_ms"]),
+    "NaN": Case("/v1/runs", raw_run(cost_usd="NaN"), 422, ["body", "cost_usd"], "finite_number"),
+    "Infinity": Case("/v1/runs", raw_run(latency_ms="Infinity"), 422, ["body", "latency_ms"]),
+    "-Infinity": Case("/v1/runs", raw_run(cost_usd="-Infinity"), 422, ["body", "cost_usd"]),
+    "1e400": Case("/v1/runs", raw_run(latency_ms="1e400"), 422, ["body", "latency_ms"]),
+    "huge integer as float": Case(
+        "/v1/runs", raw_run(latency_ms="1" + "0" * 400), 422, ["body", "latency_ms"]
+    ),
+    "integer over Avro long": Case(
+        "/v1/runs",
+        raw_run(tokens=f'{{"prompt": {LONG_MAX + 1}, "completion": 1}}'),
+        422,
+        ["body", "tokens", "prompt"],
+    ),
+    "integer far over Avro long, failing": Case(
+        "/v1/runs",
+        raw_run(tokens=f'{{"prompt": -1, "completion": {10**30}}}'),
+        422,
+        ["body", "tokens", "prompt"],
+    ),
+    "time_to_edit over Avro long": Case(
+        "/v1/edits", raw(EDIT, time_to_edit_ms=2**64), 422, ["body", "time_to_edit_ms"]
+    ),
+    "dwell Infinity": Case(
+        "/v1/feedback",
+        raw({**FEEDBACK, "kind": "dwell"} | {"value": None}, value="Infinity").replace(
+            b'"value":null,', b""
+        ),
+        422,
+        ["body", "value"],
+    ),
+    "negative latency": Case("/v1/runs", with_(RUN, latency_ms=-1.0), 422, ["body", "latency_ms"]),
+    "occurred_at string in 1970": Case(
+        "/v1/runs", with_(RUN, occurred_at="1970-01-01T00:00:00Z"), 422, ["body", "occurred_at"]
+    ),
+    "occurred_at string past 9999 in UTC": Case(
+        "/v1/runs",
+        with_(RUN, occurred_at="9999-12-31T23:59:59-05:00"),
+        422,
+        ["body", "occurred_at"],
+    ),
+    "deeply nested JSON": Case("/v1/runs", b"[" * 5000 + b"]" * 5000, 400, ["body"]),
+    "lone surrogate": Case("/v1/runs", raw_run(user_id='"\\ud800"'), 400, ["body"], "json_invalid"),
     # 413: too large
     "oversized body": Case(
         "/v1/runs", with_(RUN, response="x" * BIG), 413, ["body"], "body_too_large"
@@ -201,7 +281,7 @@ CASES: dict[str, Case] = {
         401,
         ["header", SIGNATURE_HEADER],
         "bad_signature",
-        headers=signed(with_(RUN), sig_body=with_(RUN, run_id="r2")),
+        headers=lambda: signed(with_(RUN), sig_body=with_(RUN, run_id="r2")),
     ),
     "stale signature": Case(
         "/v1/runs",
@@ -209,23 +289,52 @@ CASES: dict[str, Case] = {
         401,
         ["header", TIMESTAMP_HEADER],
         "stale_timestamp",
-        headers=signed(with_(RUN), ts=str(int(time.time()) - 3600)),
+        headers=lambda: signed(with_(RUN), ts=str(int(time.time()) - 3600)),
     ),
     "future signature": Case(
         "/v1/runs",
         with_(RUN),
         401,
         type="stale_timestamp",
-        headers=signed(with_(RUN), ts=str(int(time.time()) + 3600)),
+        headers=lambda: signed(with_(RUN), ts=str(int(time.time()) + 3600)),
+    ),
+    "signature of another route": Case(
+        "/v1/runs",
+        with_(RUN),
+        401,
+        ["header", SIGNATURE_HEADER],
+        "bad_signature",
+        headers=lambda: signed(with_(RUN), path="/v1/feedback"),
+    ),
+    "signature v1 (no method, no path)": Case(
+        "/v1/runs",
+        with_(RUN),
+        401,
+        type="bad_signature",
+        headers=lambda: signed_v1(with_(RUN)),
+    ),
+    **{
+        f"timestamp {ts!r}": Case(
+            "/v1/runs",
+            with_(RUN),
+            401,
+            ["header", TIMESTAMP_HEADER],
+            "bad_timestamp",
+            headers=signed(with_(RUN), ts=ts),
+        )
+        for ts in ("NaN", "nan", "inf", "Infinity", "-1", "1e9", "", "1_700_000_000", "+1700000000")
+    },
+    "timestamp NaN, valid HMAC over it": Case(
+        "/v1/runs", with_(RUN), 401, type="bad_timestamp", headers=signed(with_(RUN), ts="nan")
     ),
     "signature of another tenant's secret": Case(
         "/v1/runs",
         with_(RUN),
         401,
         type="bad_signature",
-        headers={
+        headers=lambda: {
             **signed(with_(RUN)),
-            SIGNATURE_HEADER: sign(b"wrong-secret", str(int(time.time())), with_(RUN)),
+            SIGNATURE_HEADER: sign(b"wrong-secret", _now(), with_(RUN), path="/v1/runs"),
         },
     ),
 }
@@ -237,7 +346,8 @@ def test_bad_request_is_refused_and_produces_nothing(
 ) -> None:
     case = CASES[name]
     with httpx.Client(base_url=reject_ingest.url, timeout=30) as client:
-        resp = client.post(case.path, content=case.body, headers=case.headers)
+        headers = case.headers() if callable(case.headers) else case.headers
+        resp = client.post(case.path, content=case.body, headers=headers)
         assert resp.status_code == case.status, resp.text
         errors = resp.json()["errors"]
         assert errors and all(set(e) == {"loc", "msg", "type"} for e in errors)

@@ -182,7 +182,7 @@ def test_client_event_id_is_kept_and_tenant_comes_from_the_key(
         "authorization": f"Bearer {GLOBEX_KEY}",
         "content-type": "application/json",
         TIMESTAMP_HEADER: ts,
-        SIGNATURE_HEADER: sign(GLOBEX_SECRET.encode(), ts, raw),
+        SIGNATURE_HEADER: sign(GLOBEX_SECRET.encode(), ts, raw, path="/v1/feedback"),
     }
     with ingest.client(key=None) as client:
         resp = client.post("/v1/feedback", content=raw, headers=headers)
@@ -203,7 +203,8 @@ def test_rate_limit_answers_429_and_produces_nothing_more(
             resp = client.post("/v1/feedback", json=body)
             statuses.append(resp.status_code)
             if resp.status_code == 429:
-                assert resp.headers["retry-after"] == "1"
+                # When one token will be back (rate 0.001/s), not a blind "1".
+                assert resp.headers["retry-after"] == "1000"
                 assert resp.json()["errors"][0]["type"] == "rate_limited"
     assert statuses == [202, 202, 202, 429, 429]
     read_topic(kafka_settings, kafka_settings.topics.feedback, expected=3)

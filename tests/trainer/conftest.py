@@ -1,6 +1,7 @@
 """Trainer fixtures: a tiny random-init Llama and a tokenizer trained on the spot (no download),
-real Delta tables under tmp_path, and helpers that write ``dpo_pairs`` rows the way the curator
-does (DPO_PAIRS schema, Kafka coordinates) and announce them with GoldCommitted events."""
+real Delta tables under tmp_path, and helpers that write ``dpo_pairs`` and ``kto_examples`` rows
+the way the curator does (the DPO_PAIRS / KTO_EXAMPLES schemas of flywheel_common.lake, Kafka
+coordinates) and announce them with GoldCommitted events."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from flywheel_common.kafka import make_producer
 from flywheel_common.lake import txn_app_id
 from flywheel_common.settings import KafkaSettings, LakeSettings
 from flywheel_trainer.settings import GateSettings, JobConfig, LoraSettings, TrainerSettings
-from flywheel_trainer.synthetic import SyntheticPair, generate_pairs, pairs_table, save_base_model
+from flywheel_trainer.synthetic import (
+    SyntheticExample,
+    SyntheticPair,
+    generate_pairs,
+    kto_table,
+    pairs_table,
+    save_base_model,
+)
 
 # torch / transformers / TRL warn about their own deprecations on every run; pytest turns
 # warnings into errors, so these (and only these) are let through for the trainer tests.
@@ -38,6 +46,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 CURATOR_GROUP = "flywheel-curator-test"
 TOPIC = "flywheel.edits.v1"
+FEEDBACK_TOPIC = "flywheel.feedback.v1"
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +119,28 @@ def append_pairs(
         pair_table(pairs, partition=partition, first_offset=first_offset),
         mode="append",
         commit_properties=CommitProperties(app_transactions=[txn]),
+    )
+    return DeltaTable(uri).version()
+
+
+def append_kto(
+    uri: str, examples: Sequence[SyntheticExample], *, partition: int = 0, first_offset: int = 0
+) -> int:
+    """Append ``kto_examples`` rows like the curator will (KTO_EXAMPLES schema, offsets in a
+    txn id); return the new version."""
+    txn = Transaction(
+        app_id=txn_app_id(CURATOR_GROUP, FEEDBACK_TOPIC, partition),
+        version=first_offset + len(examples),
+    )
+    table = kto_table(
+        examples,
+        topic=FEEDBACK_TOPIC,
+        partition=partition,
+        first_offset=first_offset,
+        curator_version="test",
+    )
+    write_deltalake(
+        uri, table, mode="append", commit_properties=CommitProperties(app_transactions=[txn])
     )
     return DeltaTable(uri).version()
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deltalake import DeltaTable
 from flywheel_common.cli import main as flywheel
 from flywheel_common.lake import txn_app_id
-from flywheel_trainer.dataset import is_eval_pair, read_snapshot
+from flywheel_trainer.dataset import read_rows
 from flywheel_trainer.launchers.kubernetes import KubernetesLauncher
 from flywheel_trainer.registry import Registry
 from flywheel_trainer.settings import KubernetesSettings, TrainerSettings
-from flywheel_trainer.synthetic import generate_pairs
+from flywheel_trainer.split import normalise_text
+from flywheel_trainer.synthetic import generate_examples, generate_pairs
 from flywheel_trainer.watcher import Watcher
 
-from .conftest import CURATOR_GROUP, TOPIC, append_pairs, make_settings, tiny_job
+from .conftest import CURATOR_GROUP, TOPIC, append_kto, append_pairs, make_settings, tiny_job
 
 
 @pytest.fixture
@@ -48,15 +50,6 @@ def _fail_active(settings: TrainerSettings) -> None:
             registry.transition(run.run_id, "failed", actor="test", reason="not started")
 
 
-def test_split_is_deterministic_and_monotone() -> None:
-    ids = [f"pair-{i}" for i in range(2000)]
-    small = {i for i in ids if is_eval_pair(i, 0.1)}
-    large = {i for i in ids if is_eval_pair(i, 0.2)}
-    assert small <= large  # raising the fraction never moves an eval pair into training
-    assert 150 < len(small) < 250
-    assert small == {i for i in ids if is_eval_pair(i, 0.1)}
-
-
 def test_pin_then_restore_change_what_a_job_reads(
     settings: TrainerSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -72,7 +65,7 @@ def test_pin_then_restore_change_what_a_job_reads(
     assert flywheel(["data", "pin", "--version", "0", "--reason", "suspicious batch"]) == 0
     pinned = _launch_once(settings)
     assert pinned == 0
-    assert read_snapshot(uri, 0, eval_fraction=0.2).rows == 60
+    assert read_rows(uri, 0, kind="pairs", seed=0).num_rows == 60
     _fail_active(settings)
     assert _launch_once(settings) is None  # v0 already has a run: never twice
 
@@ -86,12 +79,10 @@ def test_pin_then_restore_change_what_a_job_reads(
     ]
     dt = DeltaTable(uri)
     assert dt.version() == 3
-    restored = read_snapshot(uri, 3, eval_fraction=0.2)
-    original = read_snapshot(uri, 0, eval_fraction=0.2)
-    assert restored.rows == 60
-    assert set(restored.train.column("pair_id").to_pylist()) == set(
-        original.train.column("pair_id").to_pylist()
-    )
+    restored = read_rows(uri, 3, kind="pairs", seed=0)
+    original = read_rows(uri, 0, kind="pairs", seed=0)
+    assert restored.num_rows == 60
+    assert restored.column("pair_id").to_pylist() == original.column("pair_id").to_pylist()
     # The curator's offsets stay past the poisoned batch: it will not consume it again.
     assert dt.transaction_version(txn_app_id(CURATOR_GROUP, TOPIC, 0)) == 90
     assert dt.transaction_version(txn_app_id(CURATOR_GROUP, TOPIC, 1)) == 515
@@ -103,14 +94,12 @@ def test_pin_then_restore_change_what_a_job_reads(
     assert flywheel(["data", "unpin"]) == 0
     v4 = append_pairs(uri, generate_pairs(45, seed=11), partition=0, first_offset=90)
     assert _launch_once(settings) == v4
-    rows = read_snapshot(uri, v4, eval_fraction=0.2)
-    ids = set(rows.train.column("pair_id").to_pylist()) | set(
-        rows.eval.column("pair_id").to_pylist()
+    rows = read_rows(uri, v4, kind="pairs", seed=0)
+    ids = set(rows.column("pair_id").to_pylist())
+    assert rows.num_rows == 105
+    poisoned_ids = set(read_rows(uri, 2, kind="pairs", seed=0).column("pair_id").to_pylist()) - set(
+        original.column("pair_id").to_pylist()
     )
-    assert rows.rows == 105
-    poisoned_ids = set(
-        read_snapshot(uri, 2, eval_fraction=0.2).train.column("pair_id").to_pylist()
-    ) - set(original.train.column("pair_id").to_pylist())
     assert poisoned_ids and not (poisoned_ids & ids)
 
     capsys.readouterr()
@@ -138,3 +127,60 @@ def test_export_is_trl_conversational_jsonl(settings: TrainerSettings, tmp_path:
     ev = tmp_path / "eval.jsonl"
     assert flywheel(["data", "export", "--version", "0", "--split", "eval", "-o", str(ev)]) == 0
     assert 0 < len(ev.read_text().splitlines()) < 50
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_export_trl_kto_is_what_a_kto_job_trains_on(
+    settings: TrainerSettings, tmp_path: Path
+) -> None:
+    pairs = generate_pairs(40, seed=3, per_prompt=2)
+    append_pairs(settings.pairs_uri(), pairs)
+    out = tmp_path / "kto.jsonl"
+    argv = ["data", "export", "--version", "0", "--format", "trl-kto", "-o", str(out)]
+    # No kto_examples table yet: the pairs unpaired, chosen desirable, rejected undesirable.
+    assert flywheel(argv) == 0
+    rows = _jsonl(out)
+    assert len(rows) == 80 and set(rows[0]) == {"prompt", "completion", "label"}
+    assert sum(r["label"] for r in rows) == 40
+    assert rows[0]["completion"][0]["role"] == "assistant"
+
+    examples = generate_examples(30, seed=5, desirable_share=0.3)
+    append_kto(settings.kto_uri(), examples)
+    assert flywheel(argv) == 0
+    rows = _jsonl(out)
+    assert len(rows) == 80 + 30
+    rated = {r["completion"][0]["content"]: r["label"] for r in rows[:30]}
+    assert rated == {e.completion: e.label for e in examples}
+
+    # The held-out and training exports never share a prompt, in either table.
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    assert flywheel([*argv[:-1], str(train), "--split", "train"]) == 0
+    assert flywheel([*argv[:-1], str(held), "--split", "eval"]) == 0
+    prompts = [
+        {normalise_text(r["prompt"][0]["content"]) for r in _jsonl(p)} for p in (train, held)
+    ]
+    assert prompts[0] and prompts[1] and not prompts[0] & prompts[1]
+
+
+def test_a_configured_golden_table_is_pinned_and_a_missing_one_blocks_launches(
+    settings: TrainerSettings, lake: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    guarded = settings.model_copy(update={"golden_table": "golden"})
+    append_pairs(settings.pairs_uri(), generate_pairs(60, seed=10))
+    decision = Watcher(guarded, KubernetesLauncher(guarded)).tick()
+    assert not decision.launch and "golden table" in decision.reason
+    assert "does not exist" in decision.reason
+    assert flywheel(["status"]) == 0  # unguarded settings from the environment: said loudly
+    out = capsys.readouterr().out
+    assert "NO GOLDEN SET CONFIGURED" in out and "!!!!" in out
+
+    append_pairs(str(lake / "golden"), generate_pairs(8, seed=99))
+    assert _launch_once(guarded) == 0
+    (run,) = Registry(guarded.registry_uri()).runs().values()
+    assert run.golden == f"{lake / 'golden'}@0"
+    spec = json.loads((Path(run.artifact_uri) / "job.json").read_text())  # type: ignore[arg-type]
+    inner = json.loads(spec["spec"]["template"]["spec"]["containers"][0]["args"][1])
+    assert (inner["golden_uri"], inner["golden_version"]) == ("/lake/golden", 0)

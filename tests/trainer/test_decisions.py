@@ -1,5 +1,6 @@
-"""Pure decisions and shapes, no broker or model: when to launch, when to promote, the
-registry fold, and the Kubernetes Job manifest."""
+"""Pure decisions and shapes, no broker or model: when to launch, what the config hash covers,
+the registry fold (and its schema growing under an old table), and the Kubernetes Job
+manifest. The promotion gate's own tests are in test_gate.py."""
 
 from __future__ import annotations
 
@@ -7,15 +8,27 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
-from flywheel_trainer.evaluate import EvalReport, PreferenceMetrics, decide
+from deltalake import DeltaTable, write_deltalake
 from flywheel_trainer.launchers.kubernetes import GPU_RESOURCE, render_job
-from flywheel_trainer.registry import Registry, RegistryEvent, TrainingRun
+from flywheel_trainer.policy import decide_launch
+from flywheel_trainer.registry import TRAINING_RUNS, Registry, RegistryEvent, TrainingRun
 from flywheel_trainer.settings import GateSettings, JobConfig, KubernetesSettings, TrainerSettings
 from flywheel_trainer.spec import JobSpec
-from flywheel_trainer.watcher import decide_launch
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+_NEW_COLUMNS = (
+    "method",
+    "kto_table_uri",
+    "kto_version",
+    "kto_rows",
+    "golden",
+    "worst_slice",
+    "slice_gap",
+    "gain_ci_low",
+    "gain_ci_high",
+)
 URI = "/lake/dpo_pairs"
 
 
@@ -30,7 +43,9 @@ def _run(
         table_uri=URI,
         dataset_version=version,
         rows=rows,
-        config=kw.pop("config", {"eval_fraction": 0.1}),  # type: ignore[arg-type]
+        config=kw.pop("config", {"split_seed": 0}),  # type: ignore[arg-type]
+        kto_version=kw.pop("kto_version", None),  # type: ignore[arg-type]
+        kto_rows=kw.pop("kto_rows", None),  # type: ignore[arg-type]
     )
 
 
@@ -44,7 +59,7 @@ def _decide(runs: list[TrainingRun], version: int | None, rows: int, **kw: objec
         "threshold": 1000,
         "min_interval_s": 3600.0,
         "max_concurrent": 1,
-        "eval_fraction": 0.1,
+        "split_seed": 0,
     }
     args.update(kw)
     return decide_launch(**args)  # type: ignore[arg-type]
@@ -76,30 +91,55 @@ def test_min_interval_and_concurrency() -> None:
     assert _decide([_run("a", 3, 1000), running], 10, 9000, max_concurrent=2).launch
 
 
-def test_lowering_eval_fraction_is_refused() -> None:
-    wide = _run("a", 3, 1000, config={"eval_fraction": 0.2})
-    assert "eval_fraction" in _decide([wide], 9, 5000).reason
+def test_changing_the_split_seed_is_refused() -> None:
+    other = _run("a", 3, 1000, config={"split_seed": 1})
+    assert "split_seed 0 differs from run a's 1" in _decide([other], 9, 5000).reason
 
 
-def _metrics(acc: float) -> PreferenceMetrics:
-    return PreferenceMetrics(100, acc, 0.1, acc, 0.05, -0.05)
+def test_kto_counts_rated_rows_and_pins_both_tables() -> None:
+    last = _run("a", 3, 1000, kto_version=5, kto_rows=4000)
+    # 500 new pairs alone are below the threshold; with 600 new ratings a KTO job starts.
+    assert not _decide([last], 4, 1500, method="kto", kto_version=6, kto_rows=4000).launch
+    kto = _decide([last], 4, 1500, method="kto", kto_version=6, kto_rows=4600)
+    assert kto.launch and kto.new_pairs == 1100 and "pairs and KTO rows" in kto.reason
+    # A DPO job ignores ratings; a KTO job may run on the same pairs once the ratings grew.
+    assert not _decide([last], 4, 1500, kto_version=6, kto_rows=4600).launch
+    assert _decide([last], 3, 1000, method="kto", kto_version=6, kto_rows=5000).launch
+    assert "already has run a" in _decide([last], 3, 1000, method="kto", kto_version=5).reason
 
 
-def test_gate() -> None:
-    gate = GateSettings(min_accuracy_gain=0.02, golden_tolerance=0.01)
-    champ = EvalReport(_metrics(0.80), _metrics(0.90))
-    assert decide(EvalReport(_metrics(0.85), _metrics(0.90)), champ, gate).promote
-    small = decide(EvalReport(_metrics(0.81), _metrics(0.90)), champ, gate)
-    assert not small.promote and "gain +0.0100" in small.reason
-    regress = decide(EvalReport(_metrics(0.95), _metrics(0.85)), champ, gate)
-    assert not regress.promote and "golden" in regress.reason
-    assert decide(EvalReport(_metrics(0.95), _metrics(0.895)), champ, gate).promote
-    # Ties never promote, even with no required gain.
-    assert not decide(
-        EvalReport(_metrics(0.8)), EvalReport(_metrics(0.8)), GateSettings(min_accuracy_gain=0)
-    ).promote
-    empty = EvalReport(PreferenceMetrics(0, 0, 0, 0, 0, 0))
-    assert not decide(empty, champ, gate).promote
+def test_config_hash_covers_what_determines_the_result() -> None:
+    base = JobSpec(
+        run_id="r",
+        table_uri="/lake/dpo_pairs",
+        dataset_version=3,
+        kto_table_uri="/lake/kto_examples",
+        kto_version=1,
+        registry_uri="/lake/training_runs",
+        artifact_dir="/runs/r",
+        job=JobConfig(),
+        gate=GateSettings(),
+        code_version="0.1.0+gabc",
+    )
+    job = base.job
+    variants = {
+        "dataset uri": {"table_uri": "/other/dpo_pairs"},
+        "dataset version": {"dataset_version": 4},
+        "kto version": {"kto_version": 2},
+        "split seed": {"job": job.model_copy(update={"split_seed": 1})},
+        "method": {"job": job.model_copy(update={"method": "kto"})},
+        "hyper-parameter": {"job": job.model_copy(update={"learning_rate": 1e-5})},
+        "base model": {"job": job.model_copy(update={"base_model": "other/model"})},
+        "code version": {"code_version": "0.1.0+gdef"},
+    }
+    hashes = {name: base.model_copy(update=u).config_hash() for name, u in variants.items()}
+    assert base.config_hash() not in hashes.values()
+    assert len(set(hashes.values())) == len(variants)
+    # Where the run writes its files and how it is gated do not change the trained model.
+    same = base.model_copy(
+        update={"artifact_dir": "/elsewhere", "gate": GateSettings(confidence=0.9)}
+    )
+    assert same.config_hash() == base.config_hash()
 
 
 def test_registry_fold_and_champion_stack(tmp_path: Path) -> None:
@@ -163,6 +203,35 @@ def test_registry_fold_and_champion_stack(tmp_path: Path) -> None:
     reg.pin(5, actor="me")
     reg.pin(None, actor="me")
     assert reg.pinned_version() is None
+
+
+def test_a_registry_from_before_the_gate_columns_gains_them(tmp_path: Path) -> None:
+    uri = str(tmp_path / "training_runs")
+    old_schema = pa.schema([f for f in TRAINING_RUNS if f.name not in _NEW_COLUMNS])
+    old = RegistryEvent(kind="run", run_id="old", status="promoted", actor="w", recorded_at=NOW)
+    row = {k: v for k, v in old.row().items() if k in old_schema.names}
+    write_deltalake(uri, pa.Table.from_pylist([row], schema=old_schema))
+    reg = Registry(uri)
+    reg.append(
+        RegistryEvent(
+            kind="run",
+            run_id="new",
+            status="inconclusive",
+            actor="j",
+            method="kto",
+            worst_slice="feature:rare",
+            slice_gap=0.25,
+            gain_ci_low=-0.01,
+            gain_ci_high=0.04,
+            recorded_at=NOW + timedelta(seconds=1),
+        )
+    )
+    runs = reg.runs()
+    assert runs["old"].status == "promoted" and runs["old"].worst_slice is None
+    new = runs["new"]
+    assert (new.method, new.worst_slice, new.slice_gap) == ("kto", "feature:rare", 0.25)
+    assert new.summary()["gain_interval"] == [-0.01, 0.04]
+    assert set(_NEW_COLUMNS) <= set(DeltaTable(uri).schema().to_arrow().names)
 
 
 def test_kubernetes_job_manifest_shape(tmp_path: Path) -> None:

@@ -71,29 +71,75 @@ def test_first_job_is_promoted_with_lineage(trained: dict[str, Any]) -> None:
     assert run.dataset_version == 0 and run.rows == 320
     assert run.train_rows + run.eval_rows == 320
     assert sum(run.pairs_by_source.values()) == 320
-    assert run.config_hash == settings.job.config_hash()
+    spec = _spec(settings, "run-first", 0)
+    assert run.config_hash == spec.config_hash() and run.method == "dpo"
+    # The gate's evidence is in the registry: a significant gain, the worst slice and the gap.
+    assert run.gain_ci_low is not None and run.gain_ci_low >= settings.gate.min_accuracy_gain
+    assert run.gain_ci_high is not None and run.gain_ci_high >= run.gain_ci_low
+    assert run.worst_slice == "feature:chat" and run.slice_gap == 0.0
+    gate = run.gate_summary()
+    assert gate["decision"] == "promote" and gate["interval"]["groups"] == run.eval_rows
+    assert {s["name"] for s in gate["slices"]} >= {"feature:chat", "source:edit"}
+    assert gate["golden"] == {"configured": False}
     adapter = outcome.adapter_dir
     assert (adapter / "adapter_model.safetensors").is_file()
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "tokenizer.json").is_file()
     card = (adapter / "README.md").read_text()
     assert f"{settings.pairs_uri()}` at Delta version **0**" in card
-    assert settings.job.config_hash() in card and code_version() in card
+    assert spec.config_hash() in card and code_version() in card
+    assert "interval [" in card and "| feature:chat |" in card
+    assert "NO GOLDEN SET CONFIGURED" in card
     saved = json.loads((adapter.parent / "metrics.json").read_text())
     assert saved["gate"]["promote"] is True
     assert (adapter.parent / "progress.json").is_file()  # per-step progress while it ran
+
+
+def test_too_few_held_out_pairs_is_inconclusive_and_the_champion_stays(
+    trained: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base: TrainerSettings = trained["settings"]
+    # One training step is enough: the point is the decision, on a gate that needs more pairs.
+    settings = base.model_copy(
+        update={
+            "job": base.job.model_copy(update={"max_steps": 1}),
+            "gate": GateSettings(min_eval_pairs=10_000),
+        }
+    )
+    v1 = append_pairs(settings.pairs_uri(), generate_pairs(20, seed=3), first_offset=320)
+    outcome = run_job(_spec(settings, "run-few", v1), settings)
+    assert outcome is not None and outcome.status == "inconclusive"
+    assert "too few to decide (need 10000 pairs" in outcome.verdict.reason
+    registry = Registry(settings.registry_uri())
+    assert registry.champion().run_id == "run-first"  # type: ignore[union-attr]
+    run = registry.run("run-few")
+    assert run.status == "inconclusive" and run.gain_ci_low is None
+    # The split only grew: every group run-first held out is still held out.
+    first, few = registry.run("run-first").split, run.split
+    assert first is not None and few is not None and few["threshold"] >= first["threshold"]
+    monkeypatch.setenv("FLYWHEEL_TRAINER_LAKE__URI", str(trained["lake"]))
+    capsys.readouterr()
+    assert flywheel(["models", "show", "run-few"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "inconclusive" and shown["gate"]["decision"] == "inconclusive"
+    assert "NO GOLDEN SET CONFIGURED" in shown["gate"]["golden"]["warning"]
 
 
 def test_rejected_job_leaves_champion_and_rollback_restores_it(
     trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base: TrainerSettings = trained["settings"]
-    # A gate no model can pass: the second job must be rejected.
-    settings = base.model_copy(update={"gate": GateSettings(min_accuracy_gain=0.9)})
-    v1 = append_pairs(settings.pairs_uri(), generate_pairs(80, seed=2), first_offset=320)
-    outcome = run_job(_spec(settings, "run-second", v1), settings)
+    # A gate no model can pass: the second job must be rejected (a few steps show it).
+    settings = base.model_copy(
+        update={
+            "job": base.job.model_copy(update={"max_steps": 4}),
+            "gate": GateSettings(min_accuracy_gain=0.9),
+        }
+    )
+    v2 = append_pairs(settings.pairs_uri(), generate_pairs(80, seed=2), first_offset=340)
+    outcome = run_job(_spec(settings, "run-second", v2), settings)
     assert outcome is not None and outcome.status == "rejected"
-    assert "gain" in outcome.verdict.reason
+    assert "lower bound below the required 0.9000" in outcome.verdict.reason
     # Compared against the champion on the same held-out pairs, not against the base model.
     assert outcome.metrics["champion_run_id"] == "run-first"
     assert outcome.metrics["champion"]["held_out"]["accuracy"] >= 0.8
@@ -115,6 +161,8 @@ def test_rejected_job_leaves_champion_and_rollback_restores_it(
     assert flywheel(["models", "show", "run-first"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["metrics"]["after"]["held_out"]["accuracy"] >= 0.8
+    assert shown["worst_slice"] == "feature:chat" and shown["slice_gap"] == 0.0
+    assert shown["gate"]["interval"]["low"] == shown["gain_interval"][0] > 0
     # Rolling back the last champion leaves the base model; once more is an error.
     assert flywheel(["models", "rollback", "--reason", "back to base"]) == 0
     assert registry.champion() is None

@@ -14,6 +14,7 @@ from flywheel_common.logs import configure_logging
 from prometheus_client import start_http_server
 
 from flywheel_curator.consumer import Curator, stop_on_signals
+from flywheel_curator.filters import install_log_redaction
 from flywheel_curator.settings import CuratorSettings
 
 log = logging.getLogger("flywheel_curator")
@@ -22,6 +23,7 @@ log = logging.getLogger("flywheel_curator")
 def main() -> int:
     settings = CuratorSettings()
     configure_logging(settings.logging.level, settings.logging.format)
+    install_log_redaction()  # no PII in any log line (filters/redaction.py)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port)
     stop = threading.Event()

@@ -29,6 +29,7 @@ from flywheel_common.topics import EventType
 
 from flywheel_curator.candidate import KafkaOrigin
 from flywheel_curator.facts import LoopbackFacts
+from flywheel_curator.filters import install_log_redaction
 from flywheel_curator.joins import JoinStore
 from flywheel_curator.offsets import (
     fingerprints,
@@ -39,6 +40,7 @@ from flywheel_curator.offsets import (
     watermarks,
 )
 from flywheel_curator.pipeline import Pipeline, build_pipeline
+from flywheel_curator.retention import PINNED_TABLE, REGISTRY_TABLE, keep_pinned_files
 from flywheel_curator.settings import CuratorSettings, StartSettings
 from flywheel_curator.sink import COMMIT_ORDER, DeltaSink
 from flywheel_curator.sources import validate
@@ -75,6 +77,7 @@ def _curate(args: argparse.Namespace) -> int:
         update["sft_sample_rate"] = args.sft_rate
     settings = base.model_copy(update=update)
     configure_logging("WARNING", settings.logging.format)
+    install_log_redaction()  # no PII in any log line (filters/redaction.py)
     store = JoinStore(args.state, identity=f"file|{settings.filters.config_hash()}")
     facts = LoopbackFacts()
     pipeline = build_pipeline(settings, store, facts=facts)
@@ -93,7 +96,10 @@ def _curate(args: argparse.Namespace) -> int:
             # Line numbers are 1-based for people; KafkaOrigin keeps the 0-based position.
             print(f"{args.input}:{line_no + 1}: {reason}: {detail}", file=sys.stderr)
             continue
-        pipeline.process(event_type, record, KafkaOrigin(source, 0, line_no))
+        refusal = pipeline.process(event_type, record, KafkaOrigin(source, 0, line_no))
+        if refusal is not None:  # counted by the pipeline
+            reason, detail = refusal.reason, refusal.detail
+            print(f"{args.input}:{line_no + 1}: {reason}: {detail}", file=sys.stderr)
         fed.feed()
         pending += 1
         if pending >= _FILE_BATCH:
@@ -122,7 +128,9 @@ class _FactFeeder:
 
     def feed(self) -> None:
         for fact in self._facts.take():
-            self._pipeline.process_fact(fact, KafkaOrigin(self._source, 0, self._next))
+            refusal = self._pipeline.process_fact(fact, KafkaOrigin(self._source, 0, self._next))
+            if refusal is not None:  # counted by the pipeline
+                print(f"{self._source}: {refusal.reason}: {refusal.detail}", file=sys.stderr)
             self._next += 1
 
     def fire_timers(self) -> None:
@@ -237,6 +245,7 @@ def _replay(args: argparse.Namespace) -> int:
         }
     )
     configure_logging(settings.logging.level, settings.logging.format)
+    install_log_redaction()  # no PII in any log line (filters/redaction.py)
     stop = threading.Event()
     restore = stop_on_signals(stop)
     try:
@@ -251,13 +260,17 @@ def _replay(args: argparse.Namespace) -> int:
 def compact_command(parser: argparse.ArgumentParser) -> Handler:
     """Compact small files of the curator's tables, checkpoint them, optionally vacuum.
 
-    Compaction keeps the tables' application-transaction ids (the curator's offsets).
+    Compaction keeps the tables' application-transaction ids (the curator's offsets). A vacuum
+    that would delete files of the version pinned with ``flywheel data pin`` is refused.
     """
     parser.add_argument("--lake", help="lake URI (default: FLYWHEEL_CURATOR_LAKE__URI)")
     parser.add_argument("--table", action="append", choices=COMMIT_ORDER, help="repeatable")
     parser.add_argument("--target-size-mb", type=int, default=128)
     parser.add_argument("--vacuum", action="store_true", help="delete unreferenced files")
     parser.add_argument("--retention-hours", type=int, default=168)
+    parser.add_argument(
+        "--registry", help=f"the trainer's registry, for the pin (default: <lake>/{REGISTRY_TABLE})"
+    )
     return _compact
 
 
@@ -277,10 +290,19 @@ def _compact(args: argparse.Namespace) -> int:
             dt.create_checkpoint()
             removed: list[str] = []
             if args.vacuum:
+                enforce = args.retention_hours >= 168
+                if table == PINNED_TABLE:  # never delete what the pinned version reads
+                    keep_pinned_files(
+                        dt,
+                        registry_uri=args.registry or lake.table_uri(REGISTRY_TABLE),
+                        retention_hours=args.retention_hours,
+                        enforce_retention_duration=enforce,
+                        storage=storage,
+                    )
                 removed = dt.vacuum(
                     retention_hours=args.retention_hours,
                     dry_run=False,
-                    enforce_retention_duration=args.retention_hours >= 168,
+                    enforce_retention_duration=enforce,
                 )
         except DeltaError as exc:
             raise LakeError(f"cannot compact {table}: {exc}") from exc

@@ -72,6 +72,7 @@ from flywheel_curator.pipeline import (
     build_pipeline,
     load_filter_state,
 )
+from flywheel_curator.refusals import Refusal
 from flywheel_curator.replayed import sort_replayed
 from flywheel_curator.resume import Resume
 from flywheel_curator.settings import CuratorSettings
@@ -380,7 +381,9 @@ class Curator:
                 self._dlq_pending = True
             self.pipeline.summary.dlq["invalid_event"] += 1
             return
-        self.pipeline.process(event_type, decoded.record, KafkaOrigin(topic, partition, offset))
+        origin = KafkaOrigin(topic, partition, offset)
+        refusal = self.pipeline.process(event_type, decoded.record, origin)
+        self._refused(msg, refusal, replay=replay)
 
     def _handle_fact(self, msg: Message, origin: KafkaOrigin, *, replay: bool) -> None:
         reason = detail = ""
@@ -408,7 +411,15 @@ class Curator:
         if fact is None:
             metrics.FACTS_UNKNOWN.inc()  # a newer curator's kind: nothing this one can pair
             return
-        self.pipeline.process_fact(fact, origin)
+        self._refused(msg, self.pipeline.process_fact(fact, origin), replay=replay)
+
+    def _refused(self, msg: Message, refusal: Refusal | None, *, replay: bool) -> None:
+        """Dead-letter what the pipeline refused (counted there); a replay sent it already."""
+        if refusal is not None and not replay:
+            self.notifier.dead_letter(
+                msg, reason=refusal.reason, detail=refusal.detail, tenant=refusal.tenant
+            )
+            self._dlq_pending = True
 
     def _fact_too_large(self, fact: Fact, value: bytes) -> None:
         """A fact the pairing topic would refuse: dead-lettered under the position of the

@@ -23,6 +23,7 @@ from flywheel_common.settings import KafkaSettings
 
 from flywheel_curator import metrics
 from flywheel_curator.delivery import Deliveries, MessageLimits
+from flywheel_curator.filters.redaction import redact_text
 
 __all__ = ["Letter", "Notifier"]
 
@@ -111,7 +112,8 @@ class Notifier:
             "key": letter.key,
             "payload": letter.payload,
             "reason": letter.reason,
-            "detail": letter.detail[:_DETAIL_CHARS],
+            # Redacted before it is cut, so no half of a value escapes the detector.
+            "detail": redact_text(letter.detail)[:_DETAIL_CHARS],
             "component": _COMPONENT,
         }
         value, key = self._fit(record)

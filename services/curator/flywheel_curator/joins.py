@@ -8,6 +8,10 @@ with the next offset of every topic-partition it covers (``applied``). A crash t
 leaves the state at or behind the table, never ahead of it, and the consumer re-applies the
 gap from Kafka on restart (see ``consumer.py``).
 
+Every join is keyed by tenant as well as by run (``state_schema.py``): a run id is the
+client's, so a reference from one tenant never finds another tenant's run; ``find_run`` says
+when the run id is held only under another tenant, so the pipeline can refuse the reference.
+
 Entries older than the retention window (by server receive time, so a replay expires the
 same entries as the original run) are deleted as stream time advances.
 """
@@ -23,91 +27,26 @@ from typing import Any
 
 from flywheel_common.errors import ConfigError
 
-__all__ = ["JoinStore", "RatedRun", "StoreKeys", "StoredRun", "TopicPartition"]
+from flywheel_curator.state_schema import (
+    LEGACY_SUFFIX,
+    RUN_MARK_NAMESPACES,
+    TABLES,
+    open_schema,
+    run_key,
+)
+
+__all__ = ["JoinStore", "RatedRun", "RunLookup", "StoreKeys", "StoredRun", "TopicPartition"]
 
 TopicPartition = tuple[str, int]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    part INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    off INTEGER NOT NULL,
-    edited INTEGER NOT NULL DEFAULT 0,
-    sampled INTEGER NOT NULL DEFAULT 0,
-    kept INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_ts ON runs(ts);
-CREATE TABLE IF NOT EXISTS pending (
-    run_id TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    off INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS pending_run ON pending(run_id);
-CREATE INDEX IF NOT EXISTS pending_ts ON pending(ts);
--- Pairing facts about a regeneration, waiting for their parent run.
-CREATE TABLE IF NOT EXISTS pending_facts (
-    run_id TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    off INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS pending_facts_run ON pending_facts(run_id);
-CREATE INDEX IF NOT EXISTS pending_facts_ts ON pending_facts(ts);
--- Regenerations that count as kept if nothing else happens by ``due`` (stream time).
-CREATE TABLE IF NOT EXISTS timers (
-    run_id TEXT PRIMARY KEY,
-    due INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS timers_due ON timers(due);
-CREATE TABLE IF NOT EXISTS rated (
-    prompt_key TEXT NOT NULL,
-    polarity INTEGER NOT NULL,
-    run_id TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    matched INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (prompt_key, run_id)
-);
-CREATE INDEX IF NOT EXISTS rated_ts ON rated(ts);
--- take_opposite's lookup: without it every rating scans all ratings of its prompt (matched
--- ones included) and sorts them, so the join cost grows with the prompt's history. Partial:
--- only unmatched rows are ever looked up, and matched ones leave the index.
-CREATE INDEX IF NOT EXISTS rated_open ON rated(prompt_key, polarity, ts, run_id) WHERE matched=0;
-CREATE TABLE IF NOT EXISTS seen (
-    ns TEXT NOT NULL,
-    key TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    PRIMARY KEY (ns, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counters (
-    ns TEXT NOT NULL,
-    key TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (ns, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS applied (
-    topic TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
-    PRIMARY KEY (topic, part)
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
+Waiting = tuple[dict[str, Any], str, int, int]  # (body, topic, partition, offset)
 
 # Keys per ``IN (...)`` query: well under SQLite's default limit of 32,766 parameters.
 _IN_CHUNK = 500
-_TABLES = ("runs", "pending", "pending_facts", "timers", "rated", "seen", "counters", "applied")
+_LEGACY_NAMESPACES = tuple(ns + LEGACY_SUFFIX for ns in RUN_MARK_NAMESPACES)
 # The pipeline's own memories, which only need to outlive client retries, replays and joins.
-_JOIN_NAMESPACES = ("event", "rated", "sft", "fact", "regenerated", "spurned")
+_JOIN_NAMESPACES = ("event", "rated", "fact", *RUN_MARK_NAMESPACES, *_LEGACY_NAMESPACES)
+_STREAM_TIME = "stream_time"
+_RUN_COLUMNS = "tenant, body, topic, part, off, edited, sampled, kept"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +54,7 @@ class StoredRun:
     """A run as the joins need it, with where it was read."""
 
     run_id: str
+    tenant: str
     record: dict[str, Any]
     topic: str
     partition: int
@@ -122,6 +62,19 @@ class StoredRun:
     edited: bool
     sampled: bool
     kept: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunLookup:
+    """What the store holds under one run id, as seen by one tenant."""
+
+    run: StoredRun | None  # the tenant's own run
+    elsewhere: bool  # another tenant holds a run with this id
+
+    @property
+    def cross_tenant(self) -> bool:
+        """The id names only another tenant's run: a reference that must not be joined."""
+        return self.run is None and self.elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,26 +107,44 @@ class JoinStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         # A negative cache_size is KiB: the page cache is the only memory the state uses.
         self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE key='identity'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta(key, value) VALUES ('identity', ?)", (identity,))
-        elif row[0] != identity:
-            raise ConfigError(
-                f"state file {path} belongs to {row[0]!r}, not {identity!r}; "
-                "use another state_dir or delete it"
-            )
+        self._check_identity(identity)  # before any migration: never touch another's file
+        open_schema(self._db)
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES ('identity', ?) ON CONFLICT(key) DO NOTHING",
+            (identity,),
+        )
         self._in_txn = False
         self._load_waiting()
+
+    def _check_identity(self, identity: str) -> None:
+        if not self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone():
+            return
+        row = self._db.execute("SELECT value FROM meta WHERE key='identity'").fetchone()
+        if row is not None and row[0] != identity:
+            raise ConfigError(
+                f"state file {self.path} belongs to {row[0]!r}, not {identity!r}; "
+                "use another state_dir or delete it"
+            )
 
     def _load_waiting(self) -> None:
         # Run ids that may have feedback or facts waiting for them: every run looks itself up
         # there, and nearly none has anything waiting. A superset is harmless (an id whose rows
         # were rolled back or expired costs one query).
-        self._waiting = {r[0] for r in self._db.execute("SELECT DISTINCT run_id FROM pending")}
-        self._waiting_facts = {
-            r[0] for r in self._db.execute("SELECT DISTINCT run_id FROM pending_facts")
-        }
+        self._waiting = self._keys_of("pending")
+        self._waiting_facts = self._keys_of("pending_facts")
+        marks = ", ".join("?" * len(_LEGACY_NAMESPACES))
+        self._legacy_marks = bool(
+            self._db.execute(
+                f"SELECT 1 FROM seen WHERE ns IN ({marks}) LIMIT 1",  # noqa: S608 - placeholders
+                _LEGACY_NAMESPACES,
+            ).fetchone()
+        )
+
+    def _keys_of(self, table: str) -> set[tuple[str, str]]:
+        query = f"SELECT DISTINCT tenant, run_id FROM {table}"  # noqa: S608 - fixed names
+        return {(str(t), str(r)) for t, r in self._db.execute(query)}
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -209,10 +180,25 @@ class JoinStore:
         """Forget everything (the state was ahead of the table, e.g. after a Delta restore)."""
         self.rollback()
         self._db.execute("BEGIN")
-        for table in _TABLES:
+        for table in TABLES:
             self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        self._db.execute("DELETE FROM meta WHERE key=?", (_STREAM_TIME,))
         self._db.execute("COMMIT")
         self._load_waiting()
+
+    def stream_time(self) -> int:
+        """The stream time committed with the state (0 if none)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (_STREAM_TIME,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_stream_time(self, ts: int) -> None:
+        """Stream time as of this batch, committed (or rolled back) with it."""
+        self.begin()
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (_STREAM_TIME, str(ts)),
+        )
 
     def close(self) -> None:
         self.rollback()
@@ -224,41 +210,51 @@ class JoinStore:
         self, record: Mapping[str, Any], *, ts: int, topic: str, partition: int, offset: int
     ) -> None:
         self.begin()
-        # A re-sent run (same run_id) keeps its flags: it is the same call.
+        # A re-sent run (same tenant and run_id) keeps its flags: it is the same call.
         self._db.execute(
-            "INSERT INTO runs(run_id, part, ts, body, topic, off) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(run_id) DO UPDATE SET body=excluded.body, ts=excluded.ts, "
+            "INSERT INTO runs(run_id, tenant, part, ts, body, topic, off) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(run_id, tenant) DO UPDATE SET body=excluded.body, ts=excluded.ts, "
             "topic=excluded.topic, part=excluded.part, off=excluded.off",
-            (record["run_id"], partition, ts, _dump(record), topic, offset),
+            (record["run_id"], record["tenant"], partition, ts, _dump(record), topic, offset),
         )
 
-    def get_run(self, run_id: str) -> StoredRun | None:
-        row = self._db.execute(
-            "SELECT body, topic, part, off, edited, sampled, kept FROM runs WHERE run_id=?",
+    def find_run(self, tenant: str, run_id: str) -> RunLookup:
+        """The tenant's run ``run_id``, and whether another tenant holds that id too."""
+        run: StoredRun | None = None
+        elsewhere = False
+        for row in self._db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id=?",  # noqa: S608 - fixed names
             (run_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return StoredRun(
-            run_id=run_id,
-            record=json.loads(row[0]),
-            topic=row[1],
-            partition=int(row[2]),
-            offset=int(row[3]),
-            edited=bool(row[4]),
-            sampled=bool(row[5]),
-            kept=bool(row[6]),
-        )
+        ):
+            if row[0] == tenant:
+                run = _stored_run(run_id, row)
+            else:
+                elsewhere = True
+        return RunLookup(run, elsewhere)
 
-    def mark_run(self, run_id: str, *, flag: str) -> bool:
-        """Set ``edited``, ``sampled`` or ``kept`` on a run; False if it was already set
-        (or the run is unknown and the flag is not ``edited``)."""
+    def get_run(self, tenant: str, run_id: str) -> StoredRun | None:
+        row = self._db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id=? AND tenant=?",  # noqa: S608
+            (run_id, tenant),
+        ).fetchone()
+        return None if row is None else _stored_run(run_id, row)
+
+    def tenants_holding(self, run_id: str) -> set[str]:
+        """The tenants with a run ``run_id`` (nearly always none or one)."""
+        return {
+            str(r[0]) for r in self._db.execute("SELECT tenant FROM runs WHERE run_id=?", (run_id,))
+        }
+
+    def mark_run(self, tenant: str, run_id: str, *, flag: str) -> bool:
+        """Set ``edited``, ``sampled`` or ``kept`` on the tenant's run; False if it was
+        already set or the run is unknown."""
         if flag not in ("edited", "sampled", "kept"):
             raise ConfigError(f"unknown run flag {flag!r}")
         self.begin()
         cur = self._db.execute(
-            f"UPDATE runs SET {flag}=1 WHERE run_id=? AND {flag}=0",  # noqa: S608 - checked
-            (run_id,),
+            f"UPDATE runs SET {flag}=1 WHERE run_id=? AND tenant=? AND {flag}=0",  # noqa: S608
+            (run_id, tenant),
         )
         return cur.rowcount > 0
 
@@ -273,16 +269,17 @@ class JoinStore:
         partition: int,
         offset: int,
     ) -> None:
-        self._add_waiting(
-            "pending", self._waiting, record["run_id"], record, ts, topic, partition, offset
-        )
+        """Feedback waiting for its tenant's run ``record["run_id"]``."""
+        key = (record["tenant"], record["run_id"])
+        self._add_waiting("pending", self._waiting, key, record, ts, topic, partition, offset)
 
-    def pop_pending(self, run_id: str) -> list[tuple[dict[str, Any], str, int, int]]:
-        """Feedback that waited for ``run_id``, oldest first: (record, topic, partition, offset)."""
-        return self._pop_waiting("pending", self._waiting, run_id)
+    def pop_pending(self, tenant: str, run_id: str) -> list[Waiting]:
+        """Feedback that waited for the tenant's run ``run_id``, oldest first."""
+        return self._pop_waiting("pending", self._waiting, (tenant, run_id))
 
     def add_pending_fact(
         self,
+        tenant: str,
         run_id: str,
         body: Mapping[str, Any],
         *,
@@ -291,19 +288,20 @@ class JoinStore:
         partition: int,
         offset: int,
     ) -> None:
-        self._add_waiting(
-            "pending_facts", self._waiting_facts, run_id, body, ts, topic, partition, offset
-        )
+        """A fact waiting for the tenant's run ``run_id`` (a regeneration's parent)."""
+        key = (tenant, run_id)
+        table, waiting = "pending_facts", self._waiting_facts
+        self._add_waiting(table, waiting, key, body, ts, topic, partition, offset)
 
-    def pop_pending_facts(self, run_id: str) -> list[tuple[dict[str, Any], str, int, int]]:
-        """Facts that waited for ``run_id``, oldest first: (body, topic, partition, offset)."""
-        return self._pop_waiting("pending_facts", self._waiting_facts, run_id)
+    def pop_pending_facts(self, tenant: str, run_id: str) -> list[Waiting]:
+        """Facts that waited for the tenant's run ``run_id``, oldest first."""
+        return self._pop_waiting("pending_facts", self._waiting_facts, (tenant, run_id))
 
     def _add_waiting(
         self,
         table: str,
-        waiting: set[str],
-        run_id: str,
+        waiting: set[tuple[str, str]],
+        key: tuple[str, str],
         body: Mapping[str, Any],
         ts: int,
         topic: str,
@@ -311,58 +309,68 @@ class JoinStore:
         offset: int,
     ) -> None:
         self.begin()
+        tenant, run_id = key
         self._db.execute(
-            f"INSERT INTO {table}(run_id, ts, body, topic, part, off) "  # noqa: S608 - fixed names
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, ts, _dump(body), topic, partition, offset),
+            f"INSERT INTO {table}(run_id, tenant, ts, body, topic, part, off) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, tenant, ts, _dump(body), topic, partition, offset),
         )
-        waiting.add(run_id)
+        waiting.add(key)
 
     def _pop_waiting(
-        self, table: str, waiting: set[str], run_id: str
-    ) -> list[tuple[dict[str, Any], str, int, int]]:
-        if run_id not in waiting:
+        self, table: str, waiting: set[tuple[str, str]], key: tuple[str, str]
+    ) -> list[Waiting]:
+        if key not in waiting:
             return []
-        waiting.discard(run_id)
+        waiting.discard(key)
+        tenant, run_id = key
         rows = self._db.execute(
-            f"SELECT body, topic, part, off FROM {table} WHERE run_id=? "  # noqa: S608
+            f"SELECT body, topic, part, off FROM {table} WHERE run_id=? AND tenant=? "  # noqa: S608
             "ORDER BY ts, off",
-            (run_id,),
+            (run_id, tenant),
         ).fetchall()
         if not rows:
             return []
         self.begin()
-        self._db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))  # noqa: S608
+        self._db.execute(
+            f"DELETE FROM {table} WHERE run_id=? AND tenant=?",  # noqa: S608 - fixed names
+            (run_id, tenant),
+        )
         return [(json.loads(b), t, int(p), int(o)) for b, t, p, o in rows]
 
     # -- timers (stream time) ---------------------------------------------------------------------
 
-    def add_timer(self, run_id: str, *, due: int) -> None:
+    def add_timer(self, tenant: str, run_id: str, *, due: int) -> None:
         self.begin()
         self._db.execute(
-            "INSERT INTO timers(run_id, due) VALUES (?, ?) ON CONFLICT(run_id) DO NOTHING",
-            (run_id, due),
+            "INSERT INTO timers(run_id, tenant, due) VALUES (?, ?, ?) "
+            "ON CONFLICT(run_id, tenant) DO NOTHING",
+            (run_id, tenant, due),
         )
 
-    def pop_due(self, *, now: int) -> list[str]:
-        """Runs whose timer is due at stream time ``now``, in due order; their timers go."""
+    def pop_due(self, *, now: int) -> list[tuple[str, str]]:
+        """(tenant, run_id) of the runs whose timer is due at stream time ``now``, in due
+        order; their timers go."""
         rows = self._db.execute(
-            "SELECT run_id FROM timers WHERE due<=? ORDER BY due, run_id", (now,)
+            "SELECT tenant, run_id FROM timers WHERE due<=? ORDER BY due, run_id, tenant", (now,)
         ).fetchall()
         if not rows:
             return []
         self.begin()
         self._db.execute("DELETE FROM timers WHERE due<=?", (now,))
-        return [str(r[0]) for r in rows]
+        return [(str(t), str(r)) for t, r in rows]
 
     # -- ratings waiting for an opposite rating ---------------------------------------------------
 
-    def take_opposite(self, prompt_key: str, *, polarity: int, run_id: str) -> RatedRun | None:
-        """The oldest unmatched run of the same prompt rated the other way, marked matched."""
+    def take_opposite(
+        self, prompt_key: str, *, tenant: str, polarity: int, run_id: str
+    ) -> RatedRun | None:
+        """The oldest unmatched run of the tenant's same prompt rated the other way, marked
+        matched."""
         row = self._db.execute(
             "SELECT run_id, body FROM rated WHERE prompt_key=? AND polarity=? AND matched=0 "
-            "AND run_id<>? ORDER BY ts, run_id LIMIT 1",
-            (prompt_key, -polarity, run_id),
+            "AND tenant=? AND run_id<>? ORDER BY ts, run_id LIMIT 1",
+            (prompt_key, -polarity, tenant, run_id),
         ).fetchone()
         if row is None:
             return None
@@ -376,6 +384,7 @@ class JoinStore:
         self,
         prompt_key: str,
         *,
+        tenant: str,
         polarity: int,
         run_id: str,
         ts: int,
@@ -384,9 +393,9 @@ class JoinStore:
     ) -> None:
         self.begin()
         self._db.execute(
-            "INSERT INTO rated(prompt_key, polarity, run_id, ts, body, matched) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(prompt_key, run_id) DO NOTHING",
-            (prompt_key, polarity, run_id, ts, _dump(body), int(matched)),
+            "INSERT INTO rated(prompt_key, tenant, polarity, run_id, ts, body, matched) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(prompt_key, run_id) DO NOTHING",
+            (prompt_key, tenant, polarity, run_id, ts, _dump(body), int(matched)),
         )
 
     # -- dedup and caps (namespaced so each filter keeps its own memory) -------------------------
@@ -418,6 +427,19 @@ class JoinStore:
     def is_seen(self, ns: str, key: str) -> bool:
         row = self._db.execute("SELECT 1 FROM seen WHERE ns=? AND key=?", (ns, key)).fetchone()
         return row is not None
+
+    def add_run_mark(self, ns: str, tenant: str, run_id: str, *, ts: int) -> bool:
+        """Remember something about the tenant's run (``regenerated``, ``spurned``, ``sft``);
+        True if it was new."""
+        if self._legacy_marks and self.is_seen(ns + LEGACY_SUFFIX, run_id):
+            return False
+        return self.add_seen(ns, run_key(tenant, run_id), ts=ts)
+
+    def has_run_mark(self, ns: str, tenant: str, run_id: str) -> bool:
+        if self.is_seen(ns, run_key(tenant, run_id)):
+            return True
+        # A version-1 memory of a run whose tenant was not known (``state_schema.py``).
+        return self._legacy_marks and self.is_seen(ns + LEGACY_SUFFIX, run_id)
 
     def count(self, ns: str, key: str) -> int:
         row = self._db.execute("SELECT n FROM counters WHERE ns=? AND key=?", (ns, key)).fetchone()
@@ -451,7 +473,7 @@ class JoinStore:
         facts = self._db.execute("DELETE FROM pending_facts WHERE ts<?", (before_ts,)).rowcount
         self._db.execute("DELETE FROM timers WHERE due<?", (before_ts,))
         expired = self._db.execute("DELETE FROM pending WHERE ts<?", (before_ts,)).rowcount
-        if expired or facts:
+        if expired or facts or self._legacy_marks:
             self._load_waiting()
         return int(expired)
 
@@ -466,6 +488,21 @@ class JoinStore:
     def iter_applied(self) -> Iterator[tuple[TopicPartition, int]]:
         for t, p, o in self._db.execute("SELECT topic, part, next_offset FROM applied"):
             yield (str(t), int(p)), int(o)
+
+
+def _stored_run(run_id: str, row: Sequence[Any]) -> StoredRun:
+    tenant, body, topic, part, off, edited, sampled, kept = row
+    return StoredRun(
+        run_id=run_id,
+        tenant=str(tenant),
+        record=json.loads(body),
+        topic=str(topic),
+        partition=int(part),
+        offset=int(off),
+        edited=bool(edited),
+        sampled=bool(sampled),
+        kept=bool(kept),
+    )
 
 
 def _dump(record: Mapping[str, Any]) -> str:

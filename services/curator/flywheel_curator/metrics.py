@@ -14,9 +14,11 @@ __all__ = [
     "COMMITS",
     "COMMIT_SECONDS",
     "CONSUMED",
+    "CROSS_TENANT",
     "DLQ",
     "DUPLICATE_EVENTS",
     "FACTS_UNKNOWN",
+    "FUTURE_EVENTS",
     "JOIN_EXPIRED",
     "JOIN_MISSES",
     "JOIN_PENDING",
@@ -26,6 +28,7 @@ __all__ = [
     "ROWS_WRITTEN",
     "SFT",
     "STATE_ROWS",
+    "STREAM_TIME_HELD_BACK",
     "UPKEEP_SECONDS",
     "labeled",
 ]
@@ -46,6 +49,19 @@ REJECTED = Counter("flywheel_curator_pairs_rejected", "Candidates rejected", ["r
 SFT = Counter("flywheel_curator_sft_sampled", "Runs sampled into sft_examples")
 JOIN_PENDING = Counter("flywheel_curator_join_pending", "Feedback that waited for its run")
 JOIN_EXPIRED = Counter("flywheel_curator_join_expired", "Feedback whose run never came in time")
+CROSS_TENANT = Counter(
+    "flywheel_curator_cross_tenant_references",
+    "Events and pairing facts refused for naming another tenant's run",
+    ["join"],
+)
+FUTURE_EVENTS = Counter(
+    "flywheel_curator_future_events",
+    "Events and pairing facts refused for a receive time too far ahead of the wall clock",
+)
+STREAM_TIME_HELD_BACK = Counter(
+    "flywheel_curator_stream_time_held_back",
+    "Events that would have moved stream time further than one event may",
+)
 JOIN_MISSES = Counter("flywheel_curator_join_misses", "Joins that found nothing", ["join"])
 COMMITS = Counter("flywheel_curator_commits", "Delta commits", ["table"])
 COMMIT_SECONDS = Histogram(

@@ -40,8 +40,10 @@ from flywheel_curator.filters import (
     FilterState,
     build_filters,
     pair_id,
+    redact_row,
 )
-from flywheel_curator.joins import JoinStore, StoreKeys
+from flywheel_curator.joins import JoinStore, StoredRun, StoreKeys
+from flywheel_curator.refusals import Refusal, future
 from flywheel_curator.sources import (
     POSITIVE,
     RunView,
@@ -58,6 +60,8 @@ from flywheel_curator.sources import (
     sft_sampled,
     user_hash,
 )
+from flywheel_curator.stream_time import StreamClock
+from flywheel_curator.tenancy import resolve_event, resolve_fact
 
 if TYPE_CHECKING:
     from flywheel_curator.settings import CuratorSettings
@@ -130,6 +134,7 @@ class Summary:
     pending_expired: int = 0
     facts: Counter[str] = field(default_factory=Counter)
     duplicate_facts: int = 0
+    stream_time_held_back: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +150,7 @@ class Summary:
             "pending_expired": self.pending_expired,
             "pairing_facts": dict(self.facts),
             "duplicate_facts": self.duplicate_facts,
+            "stream_time_held_back": self.stream_time_held_back,
         }
 
 
@@ -169,6 +175,7 @@ class Pipeline:
         facts: FactSink,
         regenerate_quiet_ms: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+        stream: StreamClock | None = None,
     ) -> None:
         self.store = store
         self.chain = chain
@@ -182,31 +189,66 @@ class Pipeline:
         self.summary = Summary()
         self._proposals: list[_Proposal] = []
         self._sft: list[CuratedRow] = []
-        self._stream_ts = 0
+        # Unbounded unless told (``build_pipeline`` passes the settings' bounds); resumes from
+        # the stream time committed with the state.
+        self.stream = stream if stream is not None else StreamClock()
+        self.stream.now = max(self.stream.now, store.stream_time())
         self._expired_at = 0  # stream time of the last expiry
 
     # -- events -------------------------------------------------------------------------------
 
     def process(
         self, event_type: EventType, record: Mapping[str, Any], origin: KafkaOrigin
-    ) -> None:
-        """Apply one validated event to the state and collect the candidates it completes."""
+    ) -> Refusal | None:
+        """Apply one validated event to the state and collect the candidates it completes.
+        A refused event (stamped in the future, or naming another tenant's run) is counted
+        and returned for the caller to dead-letter; it leaves the state as it was."""
         ts = event_ts_ms(record)
-        self._stream_ts = max(self._stream_ts, ts)
+        tenant = record["tenant"]
+        if (refusal := self._future(ts, tenant)) is not None:
+            return self._refuse(refusal)
+        inline = inline_run(record) if event_type == "feedback" else None
+        ref = resolve_event(self.store, event_type, record, inline=inline is not None)
+        if isinstance(ref, Refusal):
+            return self._refuse(ref)
+        self._advance(origin, ts)
         # A client retry re-sends the same event_id: count it once (a retried thumbs-down must
         # not become two corrections, nor count twice against a cap).
-        event_key = f"{event_type}\x00{record['tenant']}\x00{record['event_id']}"
+        event_key = f"{event_type}\x00{tenant}\x00{record['event_id']}"
         if not self.store.add_seen("event", event_key, ts=ts):
             self.summary.duplicate_events += 1
             metrics.DUPLICATE_EVENTS.inc()
-            return
+            return None
         self.summary.events[event_type] += 1
         if event_type == "run":
             self._on_run(record, origin, ts)
         elif event_type == "feedback":
-            self._on_feedback(record, origin, ts)
+            self._on_feedback(record, origin, ts, inline, ref.run)
         else:
-            self._on_edit(record, origin)
+            if ref.held:
+                self.store.mark_run(tenant, record["run_id"], flag="edited")
+            self._propose(edit_candidate(record, origin), (origin,))
+        return None
+
+    def _future(self, ts: int, tenant: str | None) -> Refusal | None:
+        ahead = self.stream.too_far_ahead(ts)
+        if ahead is None:
+            return None
+        wall, limit = ahead
+        return future(tenant, received_ms=ts, wall_ms=wall, limit_ms=limit)
+
+    def _refuse(self, refusal: Refusal) -> Refusal:
+        self.summary.dlq[refusal.reason] += 1
+        if refusal.join is not None:
+            metrics.labeled(metrics.CROSS_TENANT, refusal.join).inc()
+        else:
+            metrics.FUTURE_EVENTS.inc()
+        return refusal
+
+    def _advance(self, origin: KafkaOrigin, ts: int) -> None:
+        if not self.stream.advance((origin.topic, origin.partition), ts):
+            self.summary.stream_time_held_back += 1
+            metrics.STREAM_TIME_HELD_BACK.inc()
 
     def _on_run(self, record: Mapping[str, Any], origin: KafkaOrigin, ts: int) -> None:
         view = RunView.of_run(record)
@@ -222,18 +264,28 @@ class Pipeline:
             # something else happens to it within the quiet period.
             self.facts.emit(regenerated_fact(view, origin, ts=ts))
             if self.regenerate_quiet_ms > 0:
-                self.store.add_timer(view.run_id, due=ts + self.regenerate_quiet_ms)
-        for fb, topic, partition, offset in self.store.pop_pending(view.run_id):
+                self.store.add_timer(view.tenant, view.run_id, due=ts + self.regenerate_quiet_ms)
+        # Only what waited for this tenant's run: another tenant's feedback naming the same id
+        # keeps waiting for its own tenant's run (run ids are the client's), or expires.
+        for fb, topic, partition, offset in self.store.pop_pending(view.tenant, view.run_id):
             self._with_run(fb, view, KafkaOrigin(topic, partition, offset), origin)
-        for body, topic, partition, offset in self.store.pop_pending_facts(view.run_id):
+        for body, topic, partition, offset in self.store.pop_pending_facts(
+            view.tenant, view.run_id
+        ):
             fact = _fact_of(body)
             self._pair_regenerate(fact, view, origin, KafkaOrigin(topic, partition, offset))
 
-    def _on_feedback(self, record: Mapping[str, Any], origin: KafkaOrigin, ts: int) -> None:
-        run = inline_run(record)
+    def _on_feedback(
+        self,
+        record: Mapping[str, Any],
+        origin: KafkaOrigin,
+        ts: int,
+        run: RunView | None,
+        stored: StoredRun | None,
+    ) -> None:
+        """``run`` is carried inline, or ``stored`` is the tenant's run the store holds."""
         run_origin: KafkaOrigin | None = None
         if run is None:
-            stored = self.store.get_run(record["run_id"])
             if stored is None:
                 # Feedback before its run: wait for it, until the window ends.
                 self.store.add_pending(
@@ -248,10 +300,6 @@ class Pipeline:
             run = RunView.from_json(stored.record)
             run_origin = KafkaOrigin(stored.topic, stored.partition, stored.offset)
         self._with_run(record, run, origin, run_origin)
-
-    def _on_edit(self, record: Mapping[str, Any], origin: KafkaOrigin) -> None:
-        self.store.mark_run(record["run_id"], flag="edited")
-        self._propose(edit_candidate(record, origin), (origin,))
 
     def _with_run(
         self,
@@ -272,12 +320,12 @@ class Pipeline:
             if self.store.add_seen("rated", f"{key}\x00{run.run_id}", ts=ts):
                 self.facts.emit(rated_fact(run, pol, signal_of(feedback), origin, ts=ts, key=key))
         if is_spurned_signal(feedback):
-            self.store.add_seen("spurned", run.run_id, ts=ts)
+            self.store.add_run_mark("spurned", run.tenant, run.run_id, ts=ts)
         elif (
             run.parent_run_id
             and is_kept_signal(feedback)
             # One fact per kept regeneration, whatever the number of kept signals.
-            and self.store.mark_run(run.run_id, flag="kept")
+            and self.store.mark_run(run.tenant, run.run_id, flag="kept")
         ):
             self.facts.emit(kept_fact(run, signal_of(feedback), origin, ts=ts))
         if pol == POSITIVE and correction is None:
@@ -285,20 +333,27 @@ class Pipeline:
 
     # -- pairing facts --------------------------------------------------------------------------
 
-    def process_fact(self, fact: Fact, origin: KafkaOrigin) -> None:
-        """Apply one pairing fact read at ``origin`` (see ``facts.py``)."""
-        self._stream_ts = max(self._stream_ts, fact.ts)
+    def process_fact(self, fact: Fact, origin: KafkaOrigin) -> Refusal | None:
+        """Apply one pairing fact read at ``origin`` (see ``facts.py``); a refused fact is
+        counted and returned, as for ``process``."""
+        if (refusal := self._future(fact.ts, fact.tenant)) is not None:
+            return self._refuse(refusal)
+        ref = resolve_fact(self.store, fact)
+        if isinstance(ref, Refusal):
+            return self._refuse(ref)
+        self._advance(origin, fact.ts)
         if not self.store.add_seen("fact", fact.fact_id, ts=fact.ts):
             self.summary.duplicate_facts += 1
-            return
+            return None
         self.summary.facts[fact.kind] += 1
         if fact.kind == "regenerated":
-            self.store.add_seen("regenerated", fact.key, ts=fact.ts)
+            self.store.add_run_mark("regenerated", fact.tenant, fact.key, ts=fact.ts)
         elif fact.kind == "kept":
-            parent = self.store.get_run(fact.key)
+            parent = ref.run
             if parent is None:
                 # The parent's run is late (or never comes): wait for it, until the window ends.
                 self.store.add_pending_fact(
+                    fact.tenant,
                     fact.key,
                     fact.to_record(),
                     ts=fact.ts,
@@ -307,11 +362,12 @@ class Pipeline:
                     offset=origin.offset,
                 )
                 metrics.JOIN_PENDING.inc()
-                return
+                return None
             parent_origin = KafkaOrigin(parent.topic, parent.partition, parent.offset)
             self._pair_regenerate(fact, RunView.from_json(parent.record), parent_origin, origin)
         else:
             self._pair_rated(fact, origin)
+        return None
 
     def _pair_regenerate(
         self, fact: Fact, parent: RunView, parent_origin: KafkaOrigin, fact_origin: KafkaOrigin
@@ -326,9 +382,12 @@ class Pipeline:
     def _pair_rated(self, fact: Fact, fact_origin: KafkaOrigin) -> None:
         assert fact.run is not None and fact.signal is not None  # noqa: S101 - a rated fact
         run, pol = fact.run, fact.polarity
-        opposite = self.store.take_opposite(fact.key, polarity=pol, run_id=run.run_id)
+        opposite = self.store.take_opposite(
+            fact.key, tenant=fact.tenant, polarity=pol, run_id=run.run_id
+        )
         self.store.add_rated(
             fact.key,
+            tenant=fact.tenant,
             polarity=pol,
             run_id=run.run_id,
             ts=fact.ts,
@@ -347,14 +406,16 @@ class Pipeline:
     def fire_timers(self) -> int:
         """Regenerations whose quiet period passed in stream time with no further regenerate
         and no sign of being turned away count as kept; returns how many."""
-        if self.regenerate_quiet_ms <= 0 or self._stream_ts == 0:
+        now = self.stream.now
+        if self.regenerate_quiet_ms <= 0 or now == 0:
             return 0
         fired = 0
-        for run_id in self.store.pop_due(now=self._stream_ts):
-            if self.store.is_seen("regenerated", run_id) or self.store.is_seen("spurned", run_id):
+        for tenant, run_id in self.store.pop_due(now=now):
+            marks = ("regenerated", "spurned")
+            if any(self.store.has_run_mark(ns, tenant, run_id) for ns in marks):
                 continue
-            stored = self.store.get_run(run_id)
-            if stored is None or not self.store.mark_run(run_id, flag="kept"):
+            stored = self.store.get_run(tenant, run_id)
+            if stored is None or not self.store.mark_run(tenant, run_id, flag="kept"):
                 continue  # expired, or already kept by an explicit signal
             run = RunView.from_json(stored.record)
             quiet_until = run.event_time_ms + self.regenerate_quiet_ms
@@ -365,7 +426,7 @@ class Pipeline:
                 "user_id": run.user_id,
             }
             origin = KafkaOrigin(stored.topic, stored.partition, stored.offset)
-            self.facts.emit(kept_fact(run, signal, origin, ts=max(quiet_until, self._stream_ts)))
+            self.facts.emit(kept_fact(run, signal, origin, ts=max(quiet_until, now)))
             fired += 1
         return fired
 
@@ -381,14 +442,14 @@ class Pipeline:
         if not sft_sampled(run.run_id, self.sft_sample_rate):
             return
         if in_store:
-            stored = self.store.get_run(run.run_id)
+            stored = self.store.get_run(run.tenant, run.run_id)
             if (
                 stored is None
                 or stored.edited
-                or not self.store.mark_run(run.run_id, flag="sampled")
+                or not self.store.mark_run(run.tenant, run.run_id, flag="sampled")
             ):
                 return
-        elif not self.store.add_seen("sft", run.run_id, ts=event_ts_ms(feedback)):
+        elif not self.store.add_run_mark("sft", run.tenant, run.run_id, ts=event_ts_ms(feedback)):
             return
         now = self.clock()
         self.summary.sft += 1
@@ -426,10 +487,11 @@ class Pipeline:
         At most once per ``_EXPIRE_EVERY`` of the window in stream time (or a minute), unless
         forced: an expiry scans the dedup memory, which grows with every event."""
         every = min(self.join_window_ms // _EXPIRE_EVERY, 60_000)
-        if self._stream_ts == 0 or (not force and self._stream_ts - self._expired_at < every):
+        now = self.stream.now
+        if now == 0 or (not force and now - self._expired_at < every):
             return 0
-        self._expired_at = self._stream_ts
-        expired = self.store.expire(before_ts=self._stream_ts - self.join_window_ms)
+        self._expired_at = now
+        expired = self.store.expire(before_ts=now - self.join_window_ms)
         if expired:
             self.summary.pending_expired += expired
             metrics.JOIN_EXPIRED.inc(expired)
@@ -441,7 +503,10 @@ class Pipeline:
         """Filter the collected candidates and return every row they and the sampler made."""
         proposals, self._proposals = self._proposals, []
         sft, self._sft = self._sft, []
+        self.store.set_stream_time(self.stream.now)  # committed with the batch's state
         rows: list[CuratedRow] = list(sft)
+        for sampled in sft:  # no raw PII in any table, whatever the policy (filters/redaction.py)
+            redact_row(sampled.row)
         if not proposals:
             return rows
         verdicts = self.chain.run_many([p.candidate for p in proposals])
@@ -454,7 +519,7 @@ class Pipeline:
                 rows.append(
                     CuratedRow(
                         "dpo_pairs",
-                        self._pair_row(verdict, now),
+                        redact_row(self._pair_row(verdict, now)),
                         proposal.ingredients,
                         candidate_key(proposal.candidate),
                     )
@@ -466,7 +531,7 @@ class Pipeline:
                 rows.append(
                     CuratedRow(
                         "rejected_candidates",
-                        self._rejected_row(proposal.candidate, verdict, now),
+                        redact_row(self._rejected_row(proposal.candidate, verdict, now)),
                         proposal.ingredients,
                         candidate_key(proposal.candidate),
                     )
@@ -660,6 +725,10 @@ def build_pipeline(
         join_window_ms=int(settings.join_window_s * 1000),
         facts=facts,
         regenerate_quiet_ms=int(settings.regenerate_quiet_s * 1000),
+        stream=StreamClock(
+            max_ahead_of_wall_ms=int(settings.stream_time.max_ahead_of_wall_s * 1000),
+            max_step_ms=int(settings.stream_time.max_step_s * 1000),
+        ),
     )
 
 

@@ -16,7 +16,14 @@ from flywheel_curator.filters.settings import FilterSettings
 from flywheel_curator.sink import FaultPoint
 from flywheel_curator.upkeep import UpkeepSettings
 
-__all__ = ["BatchSettings", "CuratorSettings", "FaultSettings", "StartSettings", "UpkeepSettings"]
+__all__ = [
+    "BatchSettings",
+    "CuratorSettings",
+    "FaultSettings",
+    "StartSettings",
+    "StreamTimeSettings",
+    "UpkeepSettings",
+]
 
 DEFAULT_GROUP = "flywheel-curator"
 # DESIGN.md asks for micro-batches of about a second or 5,000 rows: a pair is visible within
@@ -31,6 +38,13 @@ DEFAULT_SFT_RATE = 0.01
 # stream time counts as kept (DESIGN.md, regenerate row).
 DEFAULT_REGENERATE_QUIET_S = 600.0
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
+# An event received more than this ahead of the curator's clock is dead-lettered: NTP keeps
+# hosts within a second; five minutes is the usual tolerance for a skewed one (signatures too).
+DEFAULT_MAX_AHEAD_OF_WALL_S = 300.0
+# One event moves its partition's stream time at most this far (plus the wall time elapsed):
+# the default quiet period, so one outlier in a backlog cannot fire a "no further regenerate"
+# timer more than one period early, nor expire joins more than that early.
+DEFAULT_MAX_STEP_S = DEFAULT_REGENERATE_QUIET_S
 
 
 def _instance_id() -> str:
@@ -61,6 +75,16 @@ class StartSettings(BaseModel):
     stop_at_end: bool = False
 
 
+class StreamTimeSettings(BaseModel):
+    """How far one event may move stream time (the clock of the join window and the quiet
+    period; see ``stream_time.py``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_ahead_of_wall_s: float = Field(default=DEFAULT_MAX_AHEAD_OF_WALL_S, gt=0)
+    max_step_s: float = Field(default=DEFAULT_MAX_STEP_S, gt=0)
+
+
 class FaultSettings(BaseModel):
     """Fault injection for the crash tests: at the named points, with ``probability``, SIGKILL
     this process (``kill``), raise an unexpected exception (``raise``) or SIGSTOP it until
@@ -86,6 +110,7 @@ class CuratorSettings(BaseSettings):
     filters: FilterSettings = FilterSettings()
     batch: BatchSettings = BatchSettings()
     start: StartSettings = StartSettings()
+    stream_time: StreamTimeSettings = StreamTimeSettings()
     faults: FaultSettings = FaultSettings()
     upkeep: UpkeepSettings = UpkeepSettings()
 

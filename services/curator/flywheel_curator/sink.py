@@ -9,7 +9,7 @@ every topic-partition the batch read. Because ``dpo_pairs`` commits last, its tx
 row it re-derives on replay is skipped for a table whose own txn version already covers it.
 
 delta-rs accepts any txn version and only detects conflicts with commits made after the
-writer's snapshot (docs/curator.md), so fencing is ours, and it closes at the takeover:
+writer's snapshot (docs/findings.md), so fencing is ours, and it closes at the takeover:
 
 - a process that is assigned partitions first *claims* them: one commit per table raising each
   partition's owner epoch (``txn(flywheel-owner:<group>:<topic>:<partition>)``);
@@ -332,7 +332,7 @@ class DeltaSink:
                 raise ZombieError(table, f"lost a race on our own app ids: {exc}") from exc
             raise SinkCommitError(table, str(exc)) from exc
         except DeltaError as exc:
-            # VersionAlreadyExists surfaces as the generic DeltaError (docs/curator.md).
+            # VersionAlreadyExists surfaces as the generic DeltaError (docs/findings.md).
             raise SinkCommitError(table, str(exc)) from exc
         dt.update_incremental()
         seconds = time.perf_counter() - started

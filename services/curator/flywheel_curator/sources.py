@@ -287,8 +287,13 @@ def correction_candidate(
 def regenerate_candidate(
     kept: RunView, parent: RunView, signal: Mapping[str, Any], origin: KafkaOrigin
 ) -> Candidate | None:
-    """The regenerated answer the user kept over the one they regenerated away from."""
-    if kept.response == parent.response or kept.feature != parent.feature:
+    """The regenerated answer the user kept over the one they regenerated away from (never
+    across tenants: the pipeline refuses such a reference before it gets here)."""
+    if (
+        kept.tenant != parent.tenant
+        or kept.response == parent.response
+        or kept.feature != parent.feature
+    ):
         return None
     return _candidate(
         "regenerate",
@@ -305,8 +310,8 @@ def regenerate_candidate(
 def paired_candidate(
     up: RunView, down: RunView, signal: Mapping[str, Any], origin: KafkaOrigin
 ) -> Candidate | None:
-    """Same prompt and feature, one response rated up and one rated down."""
-    if up.response == down.response:
+    """Same tenant, prompt and feature, one response rated up and one rated down."""
+    if up.tenant != down.tenant or up.response == down.response:
         return None
     return _candidate(
         "paired_outcome",

@@ -3,6 +3,9 @@ of an API key. Settings come from ``FLYWHEEL_INGEST_*`` (see ``settings``).
 
 SIGTERM and SIGINT stop it cleanly: the server stops accepting, finishes the requests in
 flight, then the publisher waits (bounded) for queued events to be acknowledged.
+
+A configuration error exits with status 2 and names the fields that are wrong, never their
+values: an API key pasted where its hash belongs, or a signing secret, must not reach a log.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from flywheel_common import configure_logging
 
 from flywheel_ingest.auth import generate_api_key, hash_api_key
+
+if TYPE_CHECKING:
+    from flywheel_ingest.settings import IngestSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,31 +41,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve()
 
 
+def _settings() -> IngestSettings | None:
+    """The settings from the environment, or None after printing what is wrong with them."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from flywheel_ingest.settings import IngestSettings
+
+    try:
+        return IngestSettings()
+    except ValidationError as exc:
+        # Locations and messages only: ``str(exc)`` would print each wrong input value.
+        for error in exc.errors(include_url=False, include_input=False, include_context=False):
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            print(f"flywheel-ingest: bad setting {where}: {error['msg']}", file=sys.stderr)
+    except SettingsError as exc:
+        # Its message names the variable, not the value; the cause (a JSON error) may quote it.
+        print(f"flywheel-ingest: bad settings: {exc}", file=sys.stderr)
+    return None
+
+
 def serve() -> int:
     # Imported here so that `hash-key` needs no settings and starts instantly.
     import uvicorn
 
     from flywheel_ingest.app import create_app
-    from flywheel_ingest.settings import IngestSettings
+    from flywheel_ingest.server import server_config
 
-    settings = IngestSettings()
+    settings = _settings()
+    if settings is None:
+        return 2
     configure_logging(settings.logging.level, settings.logging.format)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            log_config=None,  # our JSON logging, configured above
-            access_log=settings.access_log,
-            # X-Forwarded-For only changes the client address, which only the access log
-            # shows; without it, the middleware is per-request cost for nothing.
-            proxy_headers=settings.access_log,
-            server_header=False,
-        )
-    )
+    app = create_app(settings)
+    server = uvicorn.Server(server_config(app, settings, on_refused=app.record_refused_connection))
 
     # uvicorn handles SIGTERM/SIGINT itself (graceful stop), then re-raises the signal to the
     # handler it found installed: this one, so the process exits 0 after a clean stop.

@@ -40,6 +40,18 @@ class IngestMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.disconnects = Counter(
+            "flywheel_ingest_client_disconnects",
+            "Requests whose client went away before the answer (not server errors).",
+            ["route"],
+            registry=self.registry,
+        )
+        self.refused_connections = Counter(
+            "flywheel_ingest_refused_connections",
+            "Connections the server closed: header_timeout, body_timeout, headers_too_large.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.broker_up = Gauge(
             "flywheel_ingest_broker_up",
             "1 while the broker is believed reachable, else 0.",

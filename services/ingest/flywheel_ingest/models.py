@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -23,6 +24,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import from_json
 
 from flywheel_ingest.errors import InvalidBody, PayloadTooLarge
 
@@ -45,6 +47,8 @@ __all__ = [
     "RouteName",
     "Run",
     "TokenUsage",
+    "Unacknowledged",
+    "largest_field",
     "new_event_ids",
     "parse_events",
     "to_record",
@@ -60,13 +64,35 @@ MIN_EPOCH_MS = 100_000_000_000
 *seconds*, which would silently land in 1970; refusing it surfaces the client's bug."""
 MAX_EPOCH_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write."""
+AVRO_LONG_MAX = 2**63 - 1
+"""Largest integer an Avro ``long`` holds: the bound of every count and duration."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
+
+def _epoch_ms(value: datetime) -> int:
+    return (value - _EPOCH) // _MS
+
+
+def _in_epoch_range(value: datetime) -> datetime:
+    # The same range as integer times: before 1973 is almost surely a bug; an offset can
+    # push a 9999-12-31 time past what RFC 3339 (and readers) can write in UTC.
+    if not MIN_EPOCH_MS <= _epoch_ms(value) <= MAX_EPOCH_MS:
+        raise ValueError("time must be between 1973-03-03T09:46:40Z and 9999-12-31T23:59:59.999Z")
+    return value
+
+
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
-Timestamp = AwareDatetime | Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
+Timestamp = (
+    Annotated[AwareDatetime, AfterValidator(_in_epoch_range)]
+    | Annotated[int, Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)]
+)
 """RFC 3339 with an offset (``2025-01-31T12:00:00Z``) or integer epoch milliseconds."""
+Count = Annotated[int, Field(ge=0, le=AVRO_LONG_MAX)]
+"""A non-negative integer that fits an Avro ``long``."""
+Amount = Annotated[float, Field(ge=0)]
+"""A finite (every model refuses NaN and infinities) non-negative number."""
 Metadata = Annotated[
     dict[
         Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)],
@@ -99,8 +125,9 @@ FeedbackKind = Literal[
 
 class _Model(BaseModel):
     # strict: "5" is not a number and 1 is not a string; forbid: a misspelt field (or a
-    # ``tenant`` smuggled into the body) is an error, not silently dropped.
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # ``tenant`` smuggled into the body) is an error, not silently dropped; no NaN or
+    # infinities (JSON has none, but lenient parsers and 1e400 make them).
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ChatMessage(_Model):
@@ -117,8 +144,8 @@ Prompt = Annotated[str, Field(min_length=1)] | Annotated[list[ChatMessage], Fiel
 class TokenUsage(_Model):
     """Token counts of one LLM call."""
 
-    prompt: int = Field(ge=0)
-    completion: int = Field(ge=0)
+    prompt: Count
+    completion: Count
 
 
 class _Event(_Model):
@@ -141,8 +168,8 @@ class Run(_Event):
     feature: Id = "default"
     system_prompt_hash: Id | None = None
     tokens: TokenUsage | None = None
-    cost_usd: Annotated[float, Field(ge=0)] | None = None
-    latency_ms: Annotated[float, Field(ge=0)] | None = None
+    cost_usd: Amount | None = None
+    latency_ms: Amount | None = None
     session_id: Id | None = None
     thread_id: Id | None = None
     user_id: Id | None = None
@@ -215,7 +242,7 @@ class Edit(_Event):
     original: str
     final: str
     surface: Id | None = None
-    time_to_edit_ms: Annotated[int, Field(ge=0)] | None = None
+    time_to_edit_ms: Count | None = None
     user_id: Id | None = None
     model: Id | None = None
     model_version: Id | None = None
@@ -257,6 +284,15 @@ class ErrorBody(_Model):
     errors: list[ErrorDetail]
 
 
+class Unacknowledged(ErrorBody):
+    """503: not every event is known to be stored; retry the others with the same ids."""
+
+    event_ids: list[str] = Field(description="The id of every posted event, in order.")
+    stored_event_ids: list[str] = Field(
+        description="Those the broker acknowledged: stored; a retry of them is deduplicated."
+    )
+
+
 def to_record(
     event: Run | Feedback | Edit, *, tenant: str, received_at_ms: int, event_id: str | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -282,7 +318,7 @@ def to_record(
         event_id = str(uuid.uuid4())
     record["event_id"] = event_id
     occurred = event.occurred_at
-    record["occurred_at"] = occurred if isinstance(occurred, int) else (occurred - _EPOCH) // _MS
+    record["occurred_at"] = occurred if isinstance(occurred, int) else _epoch_ms(occurred)
     record["tenant"] = tenant
     record["received_at"] = received_at_ms
     return event_id, record
@@ -309,7 +345,9 @@ def parse_events(body: bytes, *, route: RouteName, max_events: int) -> list[Run 
             raise InvalidBody(
                 [{"loc": ["body"], "msg": errors[0]["msg"], "type": "json_invalid"}], status=400
             ) from None
-        doc = orjson.loads(body)
+        # The parser that validated: it read this body, so it reads it again (a stricter one
+        # would refuse NaN or 2**64 that the validator reported as a field error).
+        doc = from_json(body, allow_inf_nan=True)
         details: list[dict[str, Any]] = []
         for e in errors:
             detail = {"loc": ["body", *_json_path(e["loc"], doc)], "msg": e["msg"]}
@@ -348,3 +386,12 @@ def new_event_ids(count: int) -> list[str]:
     """``count`` random (version 4) UUIDs from one ``os.urandom`` call, not one per id."""
     raw = os.urandom(16 * count)
     return [str(uuid.UUID(bytes=raw[i : i + 16], version=4)) for i in range(0, 16 * count, 16)]
+
+
+def largest_field(event: BaseModel) -> str:
+    """The name of ``event``'s largest field by its JSON size: what an oversized event's 413
+    points at."""
+    sizes = {
+        name: len(orjson.dumps(value)) for name, value in event.model_dump(mode="json").items()
+    }
+    return max(sizes, key=sizes.__getitem__)

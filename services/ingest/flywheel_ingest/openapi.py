@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from flywheel_ingest.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from flywheel_ingest.auth import API_KEY_QUERY, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from flywheel_ingest.models import (
     Accepted,
     Edit,
@@ -17,6 +17,7 @@ from flywheel_ingest.models import (
     Feedback,
     RouteName,
     Run,
+    Unacknowledged,
 )
 from flywheel_ingest.settings import IngestSettings
 
@@ -31,43 +32,95 @@ EVENT_ROUTES: dict[str, tuple[RouteName, type[BaseModel], str]] = {
 """path -> (route name, request model, summary)."""
 
 
-def _error(description: str) -> dict[str, Any]:
+def _error(description: str, schema: str = "ErrorBody") -> dict[str, Any]:
     return {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _header(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", **schema},
+        "description": description,
+    }
+
+
+_PARAMETERS = [
+    _header(
+        TIMESTAMP_HEADER,
+        "Unix seconds; required when the key signs requests.",
+        pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$",
+    ),
+    _header(
+        SIGNATURE_HEADER,
+        "sha256=<hex HMAC-SHA256(secret, timestamp + '\\n' + method + '\\n' + path + '\\n' "
+        "+ body as sent)>",
+    ),
+    _header("content-encoding", "gzip, or absent.", enum=["gzip", "identity"]),
+    {
+        "name": API_KEY_QUERY,
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Browser keys only (navigator.sendBeacon cannot set headers).",
+    },
+]
+
+
+def _responses(settings: IngestSettings) -> dict[str, Any]:
+    retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return {
+        "202": {
+            "description": "Every event was acknowledged by Kafka (acks=all).",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
+        },
+        "400": _error("The body is not JSON, or not valid gzip."),
+        "401": _error("Missing, unknown or misplaced API key, or a bad or stale signature."),
+        "403": _error("An event type outside the key's scopes, or an origin it does not allow."),
+        "408": _error("The body did not arrive in time."),
+        "413": _error(
+            f"Body over {settings.max_body_bytes} bytes (on the wire or decompressed), batch "
+            f"over {settings.max_batch_events} events or over the key's burst, or an event over "
+            f"the Kafka message limit ({settings.max_message_bytes} bytes at most)."
+        ),
+        "415": _error("Content-Type is not application/json, or the encoding is not gzip."),
+        "422": _error("Wrong fields; each error gives the field's path."),
+        "429": {**_error("The key (or address) is over its rate."), "headers": retry_after},
+        "503": {
+            **_error(
+                "Kafka is unreachable, or busy: retry with the same event_ids.", "Unacknowledged"
+            ),
+            "headers": retry_after,
+        },
     }
 
 
 def build_openapi(settings: IngestSettings, *, version: str) -> dict[str, Any]:
     """The document served at ``/openapi.json``."""
-    models: list[type[BaseModel]] = [Run, Feedback, Edit, EventBatch, Accepted, ErrorBody]
+    models: list[type[BaseModel]] = [
+        Run,
+        Feedback,
+        Edit,
+        EventBatch,
+        Accepted,
+        ErrorBody,
+        Unacknowledged,
+    ]
     _, top = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )
     schemas = top.get("$defs", {})
-    retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
     paths: dict[str, Any] = {}
     for path, (_name, model, summary) in EVENT_ROUTES.items():
         paths[path] = {
             "post": {
                 "summary": summary,
                 "security": [{"bearer": []}, {"apiKey": []}],
-                "parameters": [
-                    {
-                        "name": TIMESTAMP_HEADER,
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string"},
-                        "description": "Unix seconds; required when the key signs requests.",
-                    },
-                    {
-                        "name": SIGNATURE_HEADER,
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string"},
-                        "description": "sha256=<hex HMAC-SHA256(secret, timestamp + '.' + body)>",
-                    },
-                ],
+                "parameters": _PARAMETERS,
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -76,30 +129,15 @@ def build_openapi(settings: IngestSettings, *, version: str) -> dict[str, Any]:
                         }
                     },
                 },
+                "responses": _responses(settings),
+            },
+            "options": {
+                "summary": "CORS preflight: granted to the origins of the browser keys.",
                 "responses": {
-                    "202": {
-                        "description": "Every event was acknowledged by Kafka (acks=all).",
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/Accepted"}
-                            }
-                        },
-                    },
-                    "400": _error("The body is not JSON."),
-                    "401": _error("Missing or unknown API key, or a bad or stale signature."),
-                    "413": _error(
-                        f"Body over {settings.max_body_bytes} bytes or batch over "
-                        f"{settings.max_batch_events} events."
-                    ),
-                    "415": _error("Content-Type is not application/json."),
-                    "422": _error("Wrong fields; each error gives the field's path."),
-                    "429": {**_error("The tenant is over its rate."), "headers": retry_after},
-                    "503": {
-                        **_error("Kafka is unreachable, or busy: retry with the same event_ids."),
-                        "headers": retry_after,
-                    },
+                    "204": {"description": "Allowed (Access-Control-Allow-Origin is set)."},
+                    "403": _error("No browser key allows this origin, or the method is not POST."),
                 },
-            }
+            },
         }
     for path, summary in (
         ("/healthz", "The process is alive."),

@@ -21,24 +21,40 @@ Failure is answered quickly with ``PublishRejected`` (the app turns it into 503 
   ``event_id``. So a 503 means "not known to be stored", never "not stored", and a 202 always
   means "acknowledged by the broker".
 - ``delivery_failed``: librdkafka gave up on an event (e.g. the topic does not exist).
+
+When a request fails after some of its events were acknowledged, ``PublishRejected.stored``
+names them (by index), so the answer can list exactly which event ids are stored.
+
+Size: ``encode`` refuses (``EventTooLarge``, before anything is produced) an event larger
+than a message may be (see ``messages``); the producer's own limit is lowered to what the
+topics take at start, so a batch of small events is never larger than a topic takes either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Literal
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from flywheel_common import AvroCodec, BrokerUnavailableError, KafkaSettings
 from flywheel_common.kafka import producer_config
 
+from flywheel_ingest.messages import (
+    RECORD_OVERHEAD,
+    Encoded,
+    EventRecord,
+    encode_events,
+    producer_message_limit,
+    topic_message_limit,
+)
 from flywheel_ingest.metrics import IngestMetrics
 
-__all__ = ["EventRecord", "PublishRejected", "Publisher", "UnavailableReason"]
+__all__ = ["PublishRejected", "Publisher", "UnavailableReason"]
 
 log = logging.getLogger(__name__)
 
@@ -56,48 +72,58 @@ _CLOSE_FLUSH_TIMEOUT_S = 10.0
 
 
 class PublishRejected(BrokerUnavailableError):
-    """The events of a request are not known to be stored; the client should retry."""
+    """The events of a request are not known to be stored; the client should retry.
 
-    def __init__(self, reason: UnavailableReason, detail: str) -> None:
+    ``stored`` holds the indices (in the request) of the events the broker did acknowledge.
+    """
+
+    def __init__(
+        self, reason: UnavailableReason, detail: str, *, stored: Sequence[int] = ()
+    ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-class EventRecord(NamedTuple):
-    """One event ready to publish: its Avro record name, topic and record."""
-
-    record_name: str
-    topic: str
-    record: dict[str, Any]
+        self.stored = stored
 
 
 class _Pending:
     """The events of one request in flight; completed by the last delivery callback."""
 
-    __slots__ = ("error", "future", "publisher", "remaining")
+    __slots__ = ("acked", "error", "future", "publisher", "remaining")
 
     def __init__(self, publisher: Publisher, future: asyncio.Future[None], count: int) -> None:
         self.publisher = publisher
         self.future = future
         self.remaining = count
         self.error: KafkaError | None = None
+        self.acked: list[Message] = []  # read only when the request fails
 
-    def on_delivery(self, err: KafkaError | None, _msg: object) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         # Served by poll(), which only the event loop thread calls: no lock, and the future
         # may be resolved right here.
-        if err is not None and self.error is None:
+        if err is None:
+            self.acked.append(msg)
+        elif self.error is None:
             self.error = err
         self.remaining -= 1
         if self.remaining == 0:
-            if self.error is None:
-                self.publisher._acked = True
-            if self.future.done():  # timed out, or cancelled (the client went away)
-                return
-            if self.error is None:
-                self.future.set_result(None)
-            else:
-                self.future.set_exception(PublishRejected("delivery_failed", self.error.str()))
+            self._complete()
+
+    def never_produced(self, count: int) -> None:
+        """``count`` events will get no delivery report: do not wait for them."""
+        self.remaining -= count
+        if self.remaining == 0:
+            self._complete()
+
+    def _complete(self) -> None:
+        if self.error is None:
+            self.publisher._acked = True
+        if self.future.done():  # timed out, or cancelled (the client went away)
+            return
+        if self.error is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(PublishRejected("delivery_failed", self.error.str()))
 
 
 def _expire(future: asyncio.Future[None], timeout_s: float) -> None:
@@ -114,6 +140,7 @@ class Publisher:
         *,
         codec: AvroCodec,
         metrics: IngestMetrics,
+        max_message_bytes: int,
         ack_timeout_s: float,
         linger_ms: float,
         queue_max_messages: int,
@@ -121,6 +148,9 @@ class Publisher:
         health_probe_interval_s: float,
     ) -> None:
         self._kafka = kafka
+        self._max_message_bytes = max_message_bytes
+        self.max_event_bytes = max_message_bytes - RECORD_OVERHEAD
+        """Largest key + value accepted; lowered at start to what the topics take."""
         self._codec = codec
         self._metrics = metrics
         self._ack_timeout_s = ack_timeout_s
@@ -131,7 +161,11 @@ class Publisher:
             linger_ms=linger_ms,
             delivery_timeout_ms=delivery_timeout_ms,
             queue_max_messages=queue_max_messages,
-            overrides={"error_cb": self._on_error, "logger": log},
+            overrides={
+                "error_cb": self._on_error,
+                "logger": log,
+                "message.max.bytes": max_message_bytes,
+            },
         )
         self._producer: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,6 +186,11 @@ class Publisher:
     async def start(self) -> None:
         """Create the producer, probe the broker once, start polling and the probe thread."""
         self._loop = asyncio.get_running_loop()
+        topic_limit = await asyncio.to_thread(topic_message_limit, self._kafka)
+        limit = producer_message_limit(self._max_message_bytes, topic_limit)
+        if limit < self._max_message_bytes:
+            self._config["message.max.bytes"] = self._config["batch.size"] = limit
+        self.max_event_bytes = limit - RECORD_OVERHEAD
         self._producer = Producer(self._config)
         await asyncio.to_thread(self._probe)
         self._probe_thread = threading.Thread(
@@ -181,39 +220,53 @@ class Publisher:
             self._poll_timer.cancel()
             self._poll_timer = None
 
-    async def publish(self, events: Sequence[EventRecord]) -> None:
-        """Produce ``events`` and return once the broker acknowledged all of them.
+    def encode(self, events: Sequence[EventRecord]) -> list[Encoded]:
+        """The messages of ``events``, sized against the limit; nothing is produced (see
+        ``messages.encode_events``)."""
+        return encode_events(self._codec, events, max_bytes=self.max_event_bytes)
+
+    async def publish(self, messages: Sequence[Encoded]) -> None:
+        """Produce ``messages`` and return once the broker acknowledged all of them.
 
         Raises:
-            PublishRejected: the events are not known to be stored (see the module docstring).
-            EncodeError: a record does not fit its schema (a bug: the models are checked
-                against the schemas); nothing is produced.
+            PublishRejected: the events are not known to be stored (see the module docstring);
+                ``stored`` names those that are.
         """
         producer, loop = self._producer, self._loop
         if producer is None or loop is None or self._closed:
             raise PublishRejected("closed", "the service is shutting down")
         if not self._reachable:
             raise PublishRejected("broker_down", "the Kafka broker is unreachable")
-        count = len(events)
+        count = len(messages)
         if len(producer) + count > self._queue_max:
             raise PublishRejected("queue_full", "the producer queue is full")
-        encode = self._codec.encode
-        # Encode everything first: a record that does not fit produces nothing.
-        messages = [
-            (e.topic, encode(e.record_name, e.record), e.record["run_id"].encode()) for e in events
-        ]
         future: asyncio.Future[None] = loop.create_future()
         produce = producer.produce
-        callback = _Pending(self, future, count).on_delivery
+        pending = _Pending(self, future, count)
+        callback = pending.on_delivery
+        produced = 0
         try:
             for topic, value, key in messages:
                 produce(topic, value, key, on_delivery=callback)
-        except BufferError as exc:
-            # The events produced so far may still land; their callbacks will never bring
-            # ``remaining`` to zero, so only this answer speaks for the request.
-            raise PublishRejected("queue_full", "the producer queue is full") from exc
-        except KafkaException as exc:
-            raise PublishRejected("delivery_failed", str(exc)) from exc
+                produced += 1
+        except (BufferError, KafkaException) as exc:
+            # Those produced so far may land: wait for them (bounded) to say which did.
+            pending.never_produced(count - produced)
+            with contextlib.suppress(PublishRejected):
+                await self._acknowledged(loop, future)
+            reason: UnavailableReason = (
+                "queue_full" if isinstance(exc, BufferError) else "delivery_failed"
+            )
+            raise PublishRejected(reason, str(exc), stored=_indices(pending, messages)) from exc
+        try:
+            await self._acknowledged(loop, future)
+        except PublishRejected as exc:
+            exc.stored = _indices(pending, messages)
+            raise
+
+    async def _acknowledged(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+    ) -> None:
         if not self._polling_fast:
             self._schedule_poll(loop, fast=True)
         started = time.perf_counter()
@@ -287,3 +340,11 @@ class Publisher:
             )
         self._reachable = up
         self._metrics.broker_up.set(1 if up else 0)
+
+
+def _indices(pending: _Pending, messages: Sequence[Encoded]) -> list[int]:
+    """The request indices of the acknowledged messages (values are unique: each holds its
+    event_id; a repeated event is one event)."""
+    position = {message.value: i for i, message in enumerate(messages)}
+    values = (msg.value() for msg in pending.acked)
+    return sorted({position[value] for value in values if value is not None})

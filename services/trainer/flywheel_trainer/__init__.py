@@ -1,11 +1,14 @@
-"""Flywheel's trainer: watches ``dpo_pairs`` grow and closes the loop.
+"""Flywheel's trainer: watches ``dpo_pairs`` (and ``kto_examples``) grow and closes the loop.
 
-``watcher`` decides when (N new pairs since the last job, a minimum interval, one job at a
-time) and records the run in the registry before anything starts; ``launchers`` start the job
-locally or as a Kubernetes Job; ``job`` trains a LoRA adapter with TRL's DPOTrainer on a pinned
-table version read by time travel (``dataset``); ``evaluate`` scores it against the reference and
-the champion and gates promotion; ``registry`` is the ``training_runs`` event log; ``lake_admin``
-and ``cli`` are the operator's pins, restores, exports and model rollbacks.
+``watcher`` decides when (``policy``: N new rows since the last job, a minimum interval, one
+job at a time) and records the run in the registry before anything starts; ``launchers`` start
+the job locally or as a Kubernetes Job; ``job`` reads pinned table versions by time travel
+(``inputs``, ``dataset``), splits them by prompt group (``split``), trains a LoRA adapter with
+TRL's DPOTrainer or KTOTrainer (``training``), scores candidate and champion against the
+reference (``evaluate``) and lets the gate decide (``gate``: interval, slices, golden set);
+``registry`` is the ``training_runs`` event log (rows in ``training_runs``); ``card`` writes
+the model card; ``lake_admin``, ``export``, ``status`` and ``cli`` serve the operator.
 
-Importing this package does not import torch; only ``job``, ``evaluate`` and ``synthetic`` do.
+Importing this package does not import torch; only ``job``, ``evaluate``, ``training`` and
+``synthetic`` do.
 """

@@ -15,9 +15,12 @@ from typing import Any
 from flywheel_common.cli import Handler
 
 from flywheel_trainer import lake_admin
-from flywheel_trainer.dataset import export_trl, head_version
+from flywheel_trainer.dataset import head_version
+from flywheel_trainer.export import export
+from flywheel_trainer.gate import NO_GOLDEN
 from flywheel_trainer.registry import Registry
 from flywheel_trainer.settings import TrainerSettings
+from flywheel_trainer.status import status_lines, trainer_status
 
 __all__ = [
     "data_export",
@@ -29,6 +32,7 @@ __all__ = [
     "models_promote",
     "models_rollback",
     "models_show",
+    "status",
 ]
 
 
@@ -118,9 +122,14 @@ def data_history(parser: argparse.ArgumentParser) -> Handler:
 
 
 def data_export(parser: argparse.ArgumentParser) -> Handler:
-    """Export one version as TRL's conversational preference format (JSONL)."""
+    """Export one version as TRL JSONL: preference pairs (trl) or unpaired rows (trl-kto)."""
     parser.add_argument("--version", type=int, default=None, help="default: the pinned or newest")
-    parser.add_argument("--format", choices=["trl"], default="trl")
+    parser.add_argument(
+        "--format",
+        choices=["trl", "trl-kto"],
+        default="trl",
+        help="trl: conversational pairs; trl-kto: kto_examples plus the pairs unpaired",
+    )
     parser.add_argument("--split", choices=["all", "train", "eval"], default="all")
     parser.add_argument("--output", "-o", default="-", help="file, or - for stdout")
 
@@ -135,13 +144,14 @@ def data_export(parser: argparse.ArgumentParser) -> Handler:
         if version is None:
             print(f"no pairs table at {settings.pairs_uri()}", file=sys.stderr)
             return 2
-        kwargs = {"split": args.split, "eval_fraction": settings.job.eval_fraction}
+        kwargs = {"fmt": args.format, "split": args.split}
         if args.output == "-":
-            n = export_trl(settings.pairs_uri(), version, sys.stdout, storage=storage, **kwargs)
+            n = export(settings, version, sys.stdout, **kwargs)
         else:
             with open(args.output, "w", encoding="utf-8") as out:
-                n = export_trl(settings.pairs_uri(), version, out, storage=storage, **kwargs)
-        print(f"exported {n} pairs from version {version}", file=sys.stderr)
+                n = export(settings, version, out, **kwargs)
+        what = "pairs" if args.format == "trl" else "unpaired rows"
+        print(f"exported {n} {what} from version {version}", file=sys.stderr)
         return 0
 
     return handle
@@ -164,9 +174,16 @@ def models_list(parser: argparse.ArgumentParser) -> Handler:
             acc = (r.metrics.get("after") or {}).get("held_out", {}).get("accuracy")
             mark = "*" if r.run_id == champion else " "
             acc_s = f"{acc:.3f}" if isinstance(acc, float) else "-"
+            ci = (
+                f"[{r.gain_ci_low:+.3f},{r.gain_ci_high:+.3f}]"
+                if r.gain_ci_low is not None and r.gain_ci_high is not None
+                else "-"
+            )
+            gap = f"{r.slice_gap:.3f}" if r.slice_gap is not None else "-"
             print(
-                f"{mark} {r.run_id}  {r.status:<11} v{r.dataset_version}  rows={r.rows}  "
-                f"acc={acc_s}  {r.reason or ''}"
+                f"{mark} {r.run_id}  {r.status:<12} {r.method or 'dpo'} v{r.dataset_version}  "
+                f"rows={r.rows}  acc={acc_s}  gain={ci}  worst={r.worst_slice or '-'} "
+                f"gap={gap}  {r.reason or ''}"
             )
         return 0
 
@@ -174,17 +191,22 @@ def models_list(parser: argparse.ArgumentParser) -> Handler:
 
 
 def models_show(parser: argparse.ArgumentParser) -> Handler:
-    """Everything about one run: lineage, config, metrics, artifact."""
+    """Everything about one run: lineage, the gate's verdict (interval, slices, worst slice and
+    gap, golden set), config, metrics, artifact."""
     parser.add_argument("run_id")
 
     def handle(args: argparse.Namespace) -> int:
         registry = _registry(TrainerSettings())
         run = registry.run(args.run_id)
         champion = registry.champion()
+        gate = run.gate_summary()
+        if not gate["golden"].get("configured"):
+            gate["golden"] = {**gate["golden"], "warning": NO_GOLDEN}
         _emit(
             {
                 **run.summary(),
                 "champion": champion is not None and champion.run_id == run.run_id,
+                "gate": gate,
                 "train_rows": run.train_rows,
                 "eval_rows": run.eval_rows,
                 "pairs_by_source": run.pairs_by_source,
@@ -221,6 +243,23 @@ def models_rollback(parser: argparse.ArgumentParser) -> Handler:
     def handle(args: argparse.Namespace) -> int:
         back = _registry(TrainerSettings()).rollback(actor=args.actor, reason=args.reason)
         print(f"champion: {back.run_id if back else 'none (base model)'}")
+        return 0
+
+    return handle
+
+
+def status(parser: argparse.ArgumentParser) -> Handler:
+    """The trainer at a glance: tables, pin, champion and its gate, active runs, golden set."""
+    parser.add_argument("--json", action="store_true")
+
+    def handle(args: argparse.Namespace) -> int:
+        settings = TrainerSettings()
+        report = trainer_status(settings)
+        if args.json:
+            _emit(report)
+            return 0
+        for line in status_lines(report):
+            print(line)
         return 0
 
     return handle

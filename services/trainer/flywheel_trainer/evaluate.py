@@ -1,39 +1,35 @@
-"""The evaluation gate: log-prob margins against the reference (the base model, adapters off),
-preference accuracy, mean reward margin, and the decision to promote or reject.
+"""Scoring for the gate: log-probabilities of held-out answers under a policy and under the
+reference (the base model, adapters off), turned into per-row outcomes (gate.py decides).
 
-For a pair (x, y_w, y_l) and a policy π with reference π_ref, DPO's implicit reward is
-r(x, y) = β·(log π(y|x) - log π_ref(y|x)). The candidate, the champion and the untrained
-starting point are all scored against the same reference on the same held-out pairs:
+For a prompt x, an answer y and a policy pi with reference pi_ref, the implicit reward is
+r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)), as in DPO and KTO. The candidate, the
+champion and the untrained starting point are all scored against the same reference:
 
-- ``accuracy``: share of pairs with r(x, y_w) > r(x, y_l); an exact tie counts one half, so the
-  untrained adapter (π = π_ref, every margin 0) scores exactly chance, 0.5.
-- ``reward_margin``: mean of r(x, y_w) - r(x, y_l).
-- ``logp_accuracy``: share of pairs where π itself gives y_w more log-probability than y_l,
-  without the reference: what a user of the model would observe.
+- a pair (x, y_w, y_l) is won when r(x, y_w) > r(x, y_l); an exact tie counts one half, so
+  the untrained adapter (pi = pi_ref, every margin 0) scores exactly chance, 0.5;
+- a KTO row contributes its reward r(x, y) and its label (desirable or not).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from flywheel_trainer.dataset import PreferenceRecord
-from flywheel_trainer.settings import GateSettings
+from flywheel_trainer.gate import KtoOutcomes, PairOutcomes, kto_metrics, pair_metrics
 
 __all__ = [
     "EvalReport",
-    "GateVerdict",
-    "PairScores",
-    "PreferenceMetrics",
+    "Scorer",
     "TokenizedPair",
-    "decide",
-    "preference_metrics",
-    "score_pairs",
+    "active_adapter",
+    "pair_outcomes",
+    "score_sequences",
+    "tokenize_completions",
     "tokenize_pairs",
 ]
 
@@ -46,6 +42,14 @@ class TokenizedPair:
     chosen: list[int]  # prompt + chosen answer
     rejected: list[int]
     prompt_len: int  # tokens before the answers start (shared by both)
+    index: int  # position in the records it came from
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedCompletion:
+    ids: list[int]  # prompt + completion
+    prompt_len: int
+    index: int
 
 
 def _ids(tokenizer: Any, messages: Sequence[dict[str, str]], *, generation: bool) -> list[int]:
@@ -65,33 +69,35 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def tokenize_pairs(
-    tokenizer: Any, records: Sequence[PreferenceRecord], *, max_length: int
+    tokenizer: Any, records: Sequence[dict[str, Any]], *, max_length: int
 ) -> list[TokenizedPair]:
     """Tokenize as TRL's DPOTrainer does (chat template; the answer starts where the prompt
     and prompt+answer diverge; ``keep_start`` truncation), so the gate scores what was trained."""
     out = []
-    for rec in records:
+    for i, rec in enumerate(records):
         prompt = _ids(tokenizer, rec["prompt"], generation=True)
         chosen = _ids(tokenizer, [*rec["prompt"], *rec["chosen"]], generation=False)
         rejected = _ids(tokenizer, [*rec["prompt"], *rec["rejected"]], generation=False)
         start = min(_common_prefix(prompt, chosen), _common_prefix(prompt, rejected))
         if start >= max_length:
             continue  # TRL drops these too: no answer token would be left
-        out.append(TokenizedPair(chosen[:max_length], rejected[:max_length], start))
+        out.append(TokenizedPair(chosen[:max_length], rejected[:max_length], start, i))
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class PairScores:
-    """Summed answer log-probabilities, one entry per pair."""
-
-    chosen: torch.Tensor
-    rejected: torch.Tensor
-
-
-def _batches(items: Sequence[TokenizedPair], size: int) -> Iterator[Sequence[TokenizedPair]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def tokenize_completions(
+    tokenizer: Any, records: Sequence[dict[str, Any]], *, max_length: int
+) -> list[TokenizedCompletion]:
+    """KTO rows, tokenized as TRL's KTOTrainer does."""
+    out = []
+    for i, rec in enumerate(records):
+        prompt = _ids(tokenizer, rec["prompt"], generation=True)
+        full = _ids(tokenizer, [*rec["prompt"], *rec["completion"]], generation=False)
+        start = _common_prefix(prompt, full)
+        if start >= max_length:
+            continue
+        out.append(TokenizedCompletion(full[:max_length], start, i))
+    return out
 
 
 @torch.no_grad()
@@ -117,113 +123,127 @@ def _answer_logps(
     return (token_logp * mask).sum(dim=-1).cpu()
 
 
-def score_pairs(
+def score_sequences(
     model: Any,
-    pairs: Sequence[TokenizedPair],
+    seqs: Sequence[tuple[list[int], int]],
     *,
     pad_id: int,
     batch_size: int,
     reference: bool = False,
-) -> PairScores:
-    """Log-probabilities of both answers under ``model``; with ``reference`` under the base
-    model (the PEFT adapters disabled)."""
-    if not pairs:
-        empty = torch.zeros(0)
-        return PairScores(empty, empty)
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Summed answer log-probabilities of (ids, answer start) under ``model``; with
+    ``reference`` under the base model (the PEFT adapters disabled)."""
+    if not seqs:
+        return np.zeros(0)
     was_training = model.training
     model.eval()
     ctx = model.disable_adapter() if reference else nullcontext()
-    chosen, rejected = [], []
+    parts = []
     try:
         with ctx:
-            for batch in _batches(pairs, batch_size):
-                starts = [p.prompt_len for p in batch]
-                chosen.append(_answer_logps(model, [p.chosen for p in batch], starts, pad_id))
-                rejected.append(_answer_logps(model, [p.rejected for p in batch], starts, pad_id))
+            for i in range(0, len(seqs), batch_size):
+                batch = seqs[i : i + batch_size]
+                parts.append(
+                    _answer_logps(model, [s for s, _ in batch], [p for _, p in batch], pad_id)
+                )
     finally:
         model.train(was_training)
-    return PairScores(torch.cat(chosen), torch.cat(rejected))
+    return torch.cat(parts).double().numpy()
 
 
-@dataclass(frozen=True, slots=True)
-class PreferenceMetrics:
-    pairs: int
-    accuracy: float
-    reward_margin: float
-    logp_accuracy: float
-    chosen_reward: float
-    rejected_reward: float
-
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+def _flat(pairs: Sequence[TokenizedPair]) -> list[tuple[list[int], int]]:
+    """Chosen then rejected sequences, one list, so they batch together."""
+    return [(p.chosen, p.prompt_len) for p in pairs] + [(p.rejected, p.prompt_len) for p in pairs]
 
 
-def preference_metrics(policy: PairScores, ref: PairScores, *, beta: float) -> PreferenceMetrics:
-    n = int(policy.chosen.numel())
-    if n == 0:
-        nan = math.nan
-        return PreferenceMetrics(0, nan, nan, nan, nan, nan)
-    r_c = beta * (policy.chosen - ref.chosen)
-    r_l = beta * (policy.rejected - ref.rejected)
+def pair_outcomes(
+    policy: np.ndarray[Any, Any], ref: np.ndarray[Any, Any], *, beta: float
+) -> PairOutcomes:
+    """Outcomes from flat (chosen..., rejected...) log-probabilities."""
+    n = len(policy) // 2
+    r_c = beta * (policy[:n] - ref[:n])
+    r_l = beta * (policy[n:] - ref[n:])
     margin = r_c - r_l
-    wins = (margin > _TIE_EPS).float() + 0.5 * (margin.abs() <= _TIE_EPS).float()
-    return PreferenceMetrics(
-        pairs=n,
-        accuracy=float(wins.mean()),
-        reward_margin=float(margin.mean()),
-        logp_accuracy=float((policy.chosen > policy.rejected).float().mean()),
-        chosen_reward=float(r_c.mean()),
-        rejected_reward=float(r_l.mean()),
-    )
+    wins = (margin > _TIE_EPS) + 0.5 * (np.abs(margin) <= _TIE_EPS)
+    logp_wins = (policy[:n] > policy[n:]).astype(np.float64)
+    return PairOutcomes(wins.astype(np.float64), margin, logp_wins, r_c, r_l)
 
 
 @dataclass(frozen=True, slots=True)
 class EvalReport:
-    """One model scored on the held-out split and, where configured, the golden set."""
+    """One model on the held-out pairs and, where present, the golden set and held-out KTO
+    rows."""
 
-    held_out: PreferenceMetrics
-    golden: PreferenceMetrics | None = None
+    held_out: PairOutcomes
+    golden: PairOutcomes | None = None
+    kto: KtoOutcomes | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "held_out": self.held_out.as_dict(),
-            "golden": self.golden.as_dict() if self.golden else None,
+            "held_out": pair_metrics(self.held_out),
+            "golden": pair_metrics(self.golden) if self.golden is not None else None,
+            "kto": kto_metrics(self.kto) if self.kto is not None else None,
         }
 
 
-@dataclass(frozen=True, slots=True)
-class GateVerdict:
-    promote: bool
-    reason: str
+class Scorer:
+    """Scores models on fixed held-out sets against one fixed reference."""
 
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        held_out: Sequence[dict[str, Any]],
+        golden: Sequence[dict[str, Any]] | None,
+        kto: Sequence[dict[str, Any]] | None,
+        kto_labels: Sequence[bool] = (),
+        max_length: int,
+        batch_size: int,
+        beta: float,
+    ) -> None:
+        self.model = model
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.batch_size = batch_size
+        self.beta = beta
+        pairs = tokenize_pairs(tokenizer, held_out, max_length=max_length)
+        self.kept = [p.index for p in pairs]  # held-out pairs that fit max_length
+        self.sets: dict[str, list[tuple[list[int], int]]] = {"held_out": _flat(pairs)}
+        if golden is not None:
+            self.sets["golden"] = _flat(tokenize_pairs(tokenizer, golden, max_length=max_length))
+        self.kto_labels = np.zeros(0, dtype=bool)
+        if kto:
+            rows = tokenize_completions(tokenizer, kto, max_length=max_length)
+            self.sets["kto"] = [(r.ids, r.prompt_len) for r in rows]
+            self.kto_labels = np.asarray([kto_labels[r.index] for r in rows], dtype=bool)
+        # The reference (base model, adapters off) never changes: score it once.
+        self.reference = {
+            name: self._score(seqs, reference=True) for name, seqs in self.sets.items()
+        }
 
-def decide(candidate: EvalReport, champion: EvalReport, gate: GateSettings) -> GateVerdict:
-    """Promote only a candidate that beats the champion on the held-out pairs by at least
-    ``min_accuracy_gain`` (and strictly) and loses no more than ``golden_tolerance`` on the
-    golden set. ``champion`` is the base model when there is none yet."""
-    cand, champ = candidate.held_out, champion.held_out
-    if cand.pairs == 0:
-        return GateVerdict(False, "no held-out pairs to evaluate on")
-    gain = cand.accuracy - champ.accuracy
-    if gain <= 0 or gain < gate.min_accuracy_gain:
-        return GateVerdict(
-            False,
-            f"held-out accuracy {cand.accuracy:.4f} vs champion {champ.accuracy:.4f}: "
-            f"gain {gain:+.4f} < required {gate.min_accuracy_gain:.4f}",
+    def _score(self, seqs: Sequence[tuple[list[int], int]], *, reference: bool = False) -> Any:
+        return score_sequences(
+            self.model, seqs, pad_id=self.pad_id, batch_size=self.batch_size, reference=reference
         )
-    if candidate.golden is not None and champion.golden is not None:
-        drop = champion.golden.accuracy - candidate.golden.accuracy
-        if drop > gate.golden_tolerance:
-            return GateVerdict(
-                False,
-                f"golden-set accuracy regressed {champion.golden.accuracy:.4f} -> "
-                f"{candidate.golden.accuracy:.4f} (tolerance {gate.golden_tolerance:.4f})",
-            )
-    return GateVerdict(
-        True,
-        f"held-out accuracy {cand.accuracy:.4f} vs champion {champ.accuracy:.4f} "
-        f"(gain {gain:+.4f})",
-    )
+
+    def report(self) -> EvalReport:
+        out: dict[str, Any] = {}
+        for name, seqs in self.sets.items():
+            policy, ref = self._score(seqs), self.reference[name]
+            if name == "kto":
+                out[name] = KtoOutcomes(self.beta * (policy - ref), self.kto_labels)
+            else:
+                out[name] = pair_outcomes(policy, ref, beta=self.beta)
+        return EvalReport(out["held_out"], out.get("golden"), out.get("kto"))
+
+    def report_adapter(self, path: str, name: str) -> EvalReport:
+        """Score a saved adapter (the champion) on the same rows, then unload it."""
+        self.model.load_adapter(path, adapter_name=name)
+        try:
+            with active_adapter(self.model, name):
+                return self.report()
+        finally:
+            self.model.delete_adapter(name)
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """The model registry: the ``training_runs`` Delta table, an append-only event log.
 
 Every transition is one appended row: a run going pending → launched → running → succeeded /
-promoted / rejected / failed (→ rolled_back), a champion promotion or rollback, a pin or unpin of
-the training data, a restore of the pairs table. The current state is a fold over the rows.
+promoted / rejected / inconclusive / failed (→ rolled_back), a champion promotion or rollback, a
+pin or unpin of the training data, a restore of the pairs table. The current state is a fold
+over the rows (training_runs.py holds the rows' shape and the fold).
 
 Why append-only and not Delta MERGE: three kinds of processes write here (the watcher, the job,
 the CLI), often at the same moment. delta-rs treats blind appends as non-conflicting, so they
@@ -14,17 +15,8 @@ who restored which version and why), and time travel on this table shows the reg
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
-from functools import cache
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-from typing import Any, Literal, get_args
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
@@ -32,6 +24,23 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from flywheel_common.errors import LakeError
 
 from flywheel_trainer.errors import RegistryStateError, RunNotFoundError
+from flywheel_trainer.training_runs import (
+    ACTIVE,
+    EVENT_FIELDS,
+    TERMINAL,
+    TRAINING_RUNS,
+    EventKind,
+    OffsetRange,
+    RegistryEvent,
+    RestoreRecord,
+    RunStatus,
+    TrainingRun,
+    code_version,
+    default_actor,
+    event_order,
+    fold_run,
+    utc_now,
+)
 
 __all__ = [
     "ACTIVE",
@@ -48,234 +57,10 @@ __all__ = [
     "default_actor",
 ]
 
-EventKind = Literal["run", "champion", "pin", "restore"]
-RunStatus = Literal[
-    "pending",  # recorded by the watcher before anything starts; the version is now taken
-    "launched",  # the launcher accepted it (a process, a Kubernetes Job)
-    "running",  # the job itself has started and holds its lock
-    "succeeded",  # trained and evaluated; the gate passed but auto-promotion is off
-    "promoted",  # became the champion
-    "rejected",  # trained and evaluated; the gate said no (reason says why)
-    "failed",  # did not finish (reason says why)
-    "rolled_back",  # was the champion until a rollback
-]
-ACTIVE: frozenset[str] = frozenset({"pending", "launched", "running"})
-TERMINAL: frozenset[str] = frozenset(set(get_args(RunStatus)) - ACTIVE)
-# Breaks ties between events of one run recorded in the same microsecond.
-_STATUS_RANK = {s: i for i, s in enumerate(get_args(RunStatus))}
-
-_TS = pa.timestamp("us", tz="UTC")
-TRAINING_RUNS = pa.schema(
-    [
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # EventKind
-        pa.field("recorded_at", _TS, nullable=False),
-        pa.field("actor", pa.string(), nullable=False),  # who: trainer@host:pid, cli:user, job
-        pa.field("reason", pa.string()),  # why: gate verdict, failure, operator's words
-        # kind=run (and champion: the run concerned)
-        pa.field("run_id", pa.string()),
-        pa.field("status", pa.string()),  # RunStatus
-        pa.field("table_uri", pa.string()),
-        pa.field("dataset_version", pa.int64()),
-        pa.field("rows", pa.int64()),
-        pa.field("train_rows", pa.int64()),
-        pa.field("eval_rows", pa.int64()),
-        pa.field("pairs_by_source", pa.string()),  # JSON {source: count}
-        pa.field("config_json", pa.string()),
-        pa.field("config_hash", pa.string()),
-        pa.field("metrics_json", pa.string()),
-        pa.field("artifact_uri", pa.string()),
-        pa.field("launcher", pa.string()),
-        pa.field("launcher_ref", pa.string()),  # pid or Kubernetes Job name
-        pa.field("code_version", pa.string()),
-        # kind=champion
-        pa.field("champion_action", pa.string()),  # promote | rollback
-        # kind=pin: the highest version jobs may train on; null = unpinned
-        pa.field("pinned_version", pa.int64()),
-        # kind=restore
-        pa.field("restore_from_version", pa.int64()),
-        pa.field("restore_to_version", pa.int64()),
-        pa.field("restore_commit_version", pa.int64()),
-        pa.field("removed_offsets", pa.string()),  # JSON list of OffsetRange
-    ]
-)
-
-
-@cache
-def code_version() -> str:
-    """The trainer package version, plus the git commit when running from a checkout."""
-    try:
-        base = version("flywheel-trainer")
-    except PackageNotFoundError:
-        base = "0+unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],  # noqa: S607 - git from PATH is fine
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return base
-    return f"{base}+g{sha}" if sha else base
-
-
-def default_actor(role: str) -> str:
-    return f"{role}@{socket.gethostname()}:{os.getpid()}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryEvent:
-    """One row of ``training_runs``. Unset fields are null and do not change the fold."""
-
-    kind: EventKind
-    actor: str
-    reason: str | None = None
-    run_id: str | None = None
-    status: RunStatus | None = None
-    table_uri: str | None = None
-    dataset_version: int | None = None
-    rows: int | None = None
-    train_rows: int | None = None
-    eval_rows: int | None = None
-    pairs_by_source: str | None = None
-    config_json: str | None = None
-    config_hash: str | None = None
-    metrics_json: str | None = None
-    artifact_uri: str | None = None
-    launcher: str | None = None
-    launcher_ref: str | None = None
-    code_version: str | None = None
-    champion_action: Literal["promote", "rollback"] | None = None
-    pinned_version: int | None = None
-    restore_from_version: int | None = None
-    restore_to_version: int | None = None
-    restore_commit_version: int | None = None
-    removed_offsets: str | None = None
-    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    recorded_at: datetime = field(default_factory=_now)
-
-    def row(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-_EVENT_FIELDS = frozenset(f.name for f in fields(RegistryEvent))
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingRun:
-    """The current state of one run: the fold of its events."""
-
-    run_id: str
-    status: RunStatus
-    created_at: datetime
-    updated_at: datetime
-    table_uri: str | None = None
-    dataset_version: int | None = None
-    rows: int | None = None
-    train_rows: int | None = None
-    eval_rows: int | None = None
-    pairs_by_source: Mapping[str, int] = field(default_factory=dict)
-    config: Mapping[str, Any] = field(default_factory=dict)
-    config_hash: str | None = None
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-    artifact_uri: str | None = None
-    launcher: str | None = None
-    launcher_ref: str | None = None
-    code_version: str | None = None
-    reason: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "status": self.status,
-            "dataset": f"{self.table_uri}@{self.dataset_version}",
-            "rows": self.rows,
-            "config_hash": self.config_hash,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-            "reason": self.reason,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class OffsetRange:
-    """Kafka offsets [first, last] of one topic-partition whose rows a restore removed."""
-
-    topic: str
-    partition: int
-    first: int
-    last: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreRecord:
-    table_uri: str
-    from_version: int
-    to_version: int
-    commit_version: int
-    removed: tuple[OffsetRange, ...]
-    actor: str
-    reason: str | None
-    recorded_at: datetime
-
-
-def _fold(run_id: str, events: Sequence[RegistryEvent]) -> TrainingRun:
-    first = events[0]
-    state: dict[str, Any] = {
-        "run_id": run_id,
-        "status": first.status or "pending",
-        "created_at": first.recorded_at,
-        "updated_at": first.recorded_at,
-    }
-    for ev in events:
-        for name in (
-            "status",
-            "table_uri",
-            "dataset_version",
-            "rows",
-            "train_rows",
-            "eval_rows",
-            "config_hash",
-            "artifact_uri",
-            "launcher",
-            "launcher_ref",
-            "code_version",
-        ):
-            value = getattr(ev, name)
-            if value is not None:
-                state[name] = value
-        if ev.pairs_by_source is not None:
-            state["pairs_by_source"] = json.loads(ev.pairs_by_source)
-        if ev.config_json is not None:
-            state["config"] = json.loads(ev.config_json)
-        if ev.metrics_json is not None:
-            state["metrics"] = json.loads(ev.metrics_json)
-        if ev.status is not None:
-            # A reason belongs to the transition that gave it; a later one without reason clears it.
-            state["reason"] = ev.reason
-        state["updated_at"] = ev.recorded_at
-    return TrainingRun(**state)
-
-
-def _order(ev: RegistryEvent) -> tuple[datetime, int]:
-    return (ev.recorded_at, _STATUS_RANK.get(ev.status or "", -1))
-
 
 class Registry:
     """Reads and appends ``training_runs``. Cheap to construct; every read loads a fresh
-    snapshot (a long-lived DeltaTable gets slower per commit, see FINDINGS.md)."""
+    snapshot (a long-lived DeltaTable gets slower per commit, see docs/findings.md)."""
 
     def __init__(self, uri: str, *, storage_options: Mapping[str, str] | None = None) -> None:
         self.uri = uri
@@ -311,7 +96,14 @@ class Registry:
         self.ensure()
         batch = pa.Table.from_pylist([e.row() for e in events], schema=TRAINING_RUNS)
         try:
-            write_deltalake(self.uri, batch, mode="append", storage_options=self._storage)
+            # merge: a registry created before a column was added gains it on the next append.
+            write_deltalake(
+                self.uri,
+                batch,
+                mode="append",
+                schema_mode="merge",
+                storage_options=self._storage,
+            )
         except DeltaError as exc:
             raise LakeError(f"cannot append to registry {self.uri}: {exc}") from exc
 
@@ -323,9 +115,9 @@ class Registry:
         table = dt.to_pyarrow_table()
         out = []
         for row in table.to_pylist():
-            known = {k: v for k, v in row.items() if k in _EVENT_FIELDS}
+            known = {k: v for k, v in row.items() if k in EVENT_FIELDS}
             out.append(RegistryEvent(**known))
-        out.sort(key=_order)
+        out.sort(key=event_order)
         return out
 
     # -- derived state ---------------------------------------------------------------------
@@ -335,7 +127,7 @@ class Registry:
         for ev in self.events() if events is None else events:
             if ev.kind == "run" and ev.run_id:
                 by_run.setdefault(ev.run_id, []).append(ev)
-        return {rid: _fold(rid, evs) for rid, evs in by_run.items()}
+        return {rid: fold_run(rid, evs) for rid, evs in by_run.items()}
 
     def run(self, run_id: str) -> TrainingRun:
         try:
@@ -359,6 +151,13 @@ class Registry:
         events = self.events()
         stack = self.champion_stack(events)
         return self.runs(events)[stack[-1]] if stack else None
+
+    def split_records(
+        self, table_uri: str, runs: Iterable[TrainingRun] | None = None
+    ) -> list[Mapping[str, Any]]:
+        """The held-out splits of every run on ``table_uri`` that got as far as recording one."""
+        pool = self.runs().values() if runs is None else runs
+        return [r.split for r in pool if r.table_uri == table_uri and r.split is not None]
 
     def pinned_version(self, events: Iterable[RegistryEvent] | None = None) -> int | None:
         pinned: int | None = None
@@ -405,7 +204,7 @@ class Registry:
         current = self.champion()
         if current is not None and current.run_id == run_id:
             raise RegistryStateError(f"run {run_id} is already the champion")
-        at = _now()
+        at = utc_now()
         self.append(
             RegistryEvent(
                 kind="run",
@@ -432,7 +231,7 @@ class Registry:
         if not stack:
             raise RegistryStateError("there is no champion to roll back")
         retired = stack[-1]
-        at = _now()
+        at = utc_now()
         self.append(
             RegistryEvent(
                 kind="run",

@@ -17,14 +17,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from flywheel_common.lake import DPO_PAIRS, chat_prompt, content_hash
+from flywheel_common.lake import (
+    DPO_PAIRS,
+    KTO_EXAMPLES,
+    chat_prompt,
+    content_hash,
+    kto_example_id,
+)
 
 __all__ = [
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
+    "SyntheticExample",
     "SyntheticPair",
     "build_tokenizer",
+    "generate_examples",
     "generate_pairs",
+    "kto_table",
     "pairs_table",
     "random_init_model",
     "save_base_model",
@@ -52,25 +61,80 @@ class SyntheticPair:
     chosen: str
     rejected: str
     source: str
+    feature: str | None = None  # None: the table writer's default
+    tenant: str | None = None
 
 
-def generate_pairs(n: int, *, seed: int = 0, filler_words: int = 3) -> list[SyntheticPair]:
-    """``n`` distinct-looking pairs whose preference depends on the key named in the prompt."""
+@dataclass(frozen=True, slots=True)
+class SyntheticExample:
+    """An unpaired rated answer (a kto_examples row)."""
+
+    prompt: str
+    completion: str
+    label: bool  # desirable
+    signal: str
+    feature: str | None = None
+    tenant: str | None = None
+
+
+def _variant(prompt: str, k: int) -> str:
+    """The k-th way a user typed the same prompt: case, spacing and end punctuation differ."""
+    return [prompt, prompt.capitalize() + "?", "  " + prompt.replace(" ", "  ") + " ."][k % 3]
+
+
+def generate_pairs(
+    n: int,
+    *,
+    seed: int = 0,
+    filler_words: int = 3,
+    per_prompt: int = 1,
+    features: tuple[str, ...] | None = None,
+) -> list[SyntheticPair]:
+    """``n`` pairs whose preference depends on the key named in the prompt. With
+    ``per_prompt`` > 1, each prompt gets that many pairs (different answers, the prompt typed
+    differently); with ``features``, prompts are spread over them round-robin."""
     rng = random.Random(seed)  # noqa: S311 - test data, not secrets
     out = []
     for i in range(n):
-        key = _KEYS[i % 2]
+        p = i // per_prompt
+        key = _KEYS[p % 2]
         good, bad = _ENDINGS[key]
-        topic = " ".join(rng.choice(_FILLER) for _ in range(filler_words))
+        prng = random.Random(f"{seed}:{p}")  # noqa: S311 - the prompt's words, per prompt
+        topic = " ".join(prng.choice(_FILLER) for _ in range(filler_words))
         body = " ".join(rng.choice(_FILLER) for _ in range(filler_words))
         # The index makes every prompt unique, so content-hash pair ids never collide.
-        prompt = f"n{i % 1000} key {key} about {topic}"
+        prompt = _variant(f"n{p % 1000} key {key} about {topic}", i % per_prompt)
         out.append(
             SyntheticPair(
                 prompt=prompt,
                 chosen=f"{body} {good}",
                 rejected=f"{body} {bad}",
                 source=_SOURCES[i % len(_SOURCES)],
+                feature=features[p % len(features)] if features else None,
+            )
+        )
+    return out
+
+
+def generate_examples(
+    n: int, *, seed: int = 0, desirable_share: float = 0.5, filler_words: int = 3
+) -> list[SyntheticExample]:
+    """``n`` unpaired rated answers to distinct prompts: the answer ending the key prefers is
+    rated up, the other down; ``desirable_share`` of them are the preferred one."""
+    rng = random.Random(seed)  # noqa: S311 - test data, not secrets
+    out = []
+    for i in range(n):
+        key = _KEYS[i % 2]
+        good, bad = _ENDINGS[key]
+        desirable = rng.random() < desirable_share
+        topic = " ".join(rng.choice(_FILLER) for _ in range(filler_words))
+        body = " ".join(rng.choice(_FILLER) for _ in range(filler_words))
+        out.append(
+            SyntheticExample(
+                prompt=f"n{i % 1000} key {key} about {topic}",
+                completion=f"{body} {good if desirable else bad}",
+                label=desirable,
+                signal=("thumbs", "rating", "helpful")[i % 3],
             )
         )
     return out
@@ -205,8 +269,8 @@ def pairs_table(
                 "source": p.source,
                 "run_id": str(uuid.uuid4()),
                 "event_id": str(uuid.uuid4()),
-                "tenant": tenant,
-                "feature": feature,
+                "tenant": p.tenant or tenant,
+                "feature": p.feature or feature,
                 "weight": 1.0,
                 "event_time": now,
                 "curated_at": now,
@@ -218,3 +282,45 @@ def pairs_table(
             }
         )
     return pa.Table.from_pylist(rows, schema=DPO_PAIRS)
+
+
+def kto_table(
+    examples: Sequence[SyntheticExample],
+    *,
+    topic: str = "synthetic",
+    partition: int = 0,
+    first_offset: int = 0,
+    tenant: str = "acme",
+    feature: str = "chat",
+    curator_version: str = "synthetic",
+) -> pa.Table:
+    """``examples`` as ``kto_examples`` rows (KTO_EXAMPLES schema), as the curator will write
+    them, with consecutive Kafka offsets from ``first_offset``."""
+    now = datetime.now(UTC)
+    values = {"thumbs": (1.0, -1.0), "rating": (5.0, 1.0), "helpful": (1.0, 0.0)}
+    rows = []
+    for i, e in enumerate(examples):
+        prompt = chat_prompt(e.prompt)
+        rows.append(
+            {
+                "example_id": kto_example_id(prompt, e.completion, label=e.label),
+                "prompt": prompt,
+                "completion": e.completion,
+                "label": e.label,
+                "weight": 1.0,
+                "signal": e.signal,
+                "signal_value": values[e.signal][0 if e.label else 1],
+                "run_id": str(uuid.uuid4()),
+                "event_id": str(uuid.uuid4()),
+                "tenant": e.tenant or tenant,
+                "feature": e.feature or feature,
+                "event_time": now,
+                "curated_at": now,
+                "curator_version": curator_version,
+                "filter_config_hash": curator_version,
+                "kafka_topic": topic,
+                "kafka_partition": partition,
+                "kafka_offset": first_offset + i,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=KTO_EXAMPLES)

@@ -17,107 +17,35 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from flywheel_common.codec import AvroCodec
-from flywheel_common.errors import DecodeError, FlywheelError
+from flywheel_common.errors import ConfigError, DecodeError, FlywheelError
 from flywheel_common.kafka import make_consumer
 
-from flywheel_trainer.dataset import head_version, snapshot_rows
+from flywheel_trainer.dataset import file_sha256, head_version, snapshot_rows
 from flywheel_trainer.errors import LaunchError
+from flywheel_trainer.gate import NO_GOLDEN
 from flywheel_trainer.launchers import JobHandle, Launcher
+from flywheel_trainer.policy import LaunchDecision, decide_launch
 from flywheel_trainer.registry import (
     Registry,
     RegistryEvent,
-    TrainingRun,
     code_version,
     default_actor,
 )
 from flywheel_trainer.settings import TrainerSettings
 from flywheel_trainer.spec import JobSpec
 
-__all__ = ["GOLD_RECORD", "LaunchDecision", "Watcher", "decide_launch"]
+__all__ = ["GOLD_RECORD", "Watcher"]
 
 log = logging.getLogger(__name__)
 
 GOLD_RECORD = "GoldCommitted"
 _CONSUMER_POLL_S = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class LaunchDecision:
-    launch: bool
-    reason: str
-    version: int | None = None
-    rows: int = 0
-    new_pairs: int = 0
-
-
-def decide_launch(
-    *,
-    table_uri: str,
-    target_version: int | None,
-    target_rows: int,
-    runs: Sequence[TrainingRun],
-    now: datetime,
-    threshold: int,
-    min_interval_s: float,
-    max_concurrent: int,
-    eval_fraction: float,
-) -> LaunchDecision:
-    """Pure: whether to launch a job on ``target_version`` given the registry's runs."""
-    if target_version is None:
-        return LaunchDecision(False, "the pairs table does not exist yet")
-    mine = [r for r in runs if r.table_uri == table_uri]
-    active = [r for r in runs if r.active]
-    if len(active) >= max_concurrent:
-        return LaunchDecision(False, f"{len(active)} job(s) running (max {max_concurrent})")
-    taken = next((r for r in mine if r.dataset_version == target_version), None)
-    if taken is not None:
-        return LaunchDecision(
-            False, f"version {target_version} already has run {taken.run_id} ({taken.status})"
-        )
-    # Lowering the eval fraction would move held-out pairs into training.
-    larger = [r for r in mine if float(r.config.get("eval_fraction", 0.0)) > eval_fraction]
-    if larger:
-        return LaunchDecision(
-            False,
-            f"eval_fraction {eval_fraction} is below run {larger[-1].run_id}'s "
-            f"{larger[-1].config.get('eval_fraction')}: held-out pairs would be trained on",
-        )
-    # Failed runs trained nothing, so the count starts from the last run that did (or runs).
-    baseline = next((r for r in reversed(mine) if r.status != "failed"), None)
-    baseline_rows = (baseline.rows or 0) if baseline else 0
-    new_pairs = target_rows - baseline_rows
-    if new_pairs < threshold:
-        since = f"version {baseline.dataset_version}" if baseline else "the start"
-        return LaunchDecision(
-            False,
-            f"{new_pairs} new pairs since {since} < threshold {threshold}",
-            target_version,
-            target_rows,
-            new_pairs,
-        )
-    if mine:
-        elapsed = (now - max(r.created_at for r in mine)).total_seconds()
-        if elapsed < min_interval_s:
-            return LaunchDecision(
-                False,
-                f"last job {elapsed:.0f}s ago < min interval {min_interval_s:.0f}s",
-                target_version,
-                target_rows,
-                new_pairs,
-            )
-    return LaunchDecision(
-        True,
-        f"{new_pairs} new pairs >= threshold {threshold}",
-        target_version,
-        target_rows,
-        new_pairs,
-    )
 
 
 class Watcher:
@@ -135,6 +63,7 @@ class Watcher:
         self.storage = settings.lake.storage_options_plain()
         self.registry = Registry(settings.registry_uri(), storage_options=self.storage)
         self.table_uri = settings.pairs_uri()
+        self.kto_uri = settings.kto_uri()
         self.actor = default_actor("trainer")
         self._clock = clock
         self._handles: dict[str, JobHandle] = {}
@@ -144,7 +73,7 @@ class Watcher:
 
     # -- one step -------------------------------------------------------------------------
     def tick(self) -> LaunchDecision:
-        """Reconcile running jobs, then launch one if the table has grown enough."""
+        """Reconcile running jobs, then launch one if the tables have grown enough."""
         self.reconcile()
         events = self.registry.events()
         runs = list(self.registry.runs(events).values())
@@ -152,17 +81,28 @@ class Watcher:
         pinned = self.registry.pinned_version(events)
         target = head if pinned is None or head is None else min(head, pinned)
         rows = snapshot_rows(self.table_uri, target, self.storage) if target is not None else 0
-        decision = decide_launch(
-            table_uri=self.table_uri,
-            target_version=target,
-            target_rows=rows,
-            runs=runs,
-            now=self._clock(),
-            threshold=self.settings.threshold,
-            min_interval_s=self.settings.min_interval_s,
-            max_concurrent=self.settings.max_concurrent_jobs,
-            eval_fraction=self.settings.job.eval_fraction,
-        )
+        kto_version = head_version(self.kto_uri, self.storage)
+        kto_rows = 0
+        if kto_version is not None:
+            kto_rows = snapshot_rows(self.kto_uri, kto_version, self.storage)
+        golden = self.golden_pin()
+        if isinstance(golden, str):
+            decision = LaunchDecision(False, golden)
+        else:
+            decision = decide_launch(
+                table_uri=self.table_uri,
+                target_version=target,
+                target_rows=rows,
+                runs=runs,
+                now=self._clock(),
+                threshold=self.settings.threshold,
+                min_interval_s=self.settings.min_interval_s,
+                max_concurrent=self.settings.max_concurrent_jobs,
+                split_seed=self.settings.job.split_seed,
+                method=self.settings.job.method,
+                kto_version=kto_version,
+                kto_rows=kto_rows,
+            )
         if decision.reason != self._last_reason:  # log changes, not every poll
             log.info(
                 "launch decision",
@@ -173,46 +113,60 @@ class Watcher:
                     "pinned_version": pinned,
                     "target_version": target,
                     "rows": rows,
+                    "kto_version": kto_version,
+                    "kto_rows": kto_rows,
                 },
             )
             self._last_reason = decision.reason
-        if decision.launch and decision.version is not None:
-            self.launch(decision.version, decision.rows)
+        if decision.launch and decision.version is not None and not isinstance(golden, str):
+            self.launch(decision.version, decision.rows, kto=(kto_version, kto_rows), golden=golden)
         return decision
 
-    def launch(self, version: int, rows: int) -> str:
+    def golden_pin(self) -> dict[str, Any] | str:
+        """The golden set pinned for a launch (spec fields), or why nothing may launch: a
+        configured golden set that cannot be read would silently drop the guard."""
+        uri, path = self.settings.golden_uri(), self.settings.golden_eval_path
+        if uri is not None:
+            version = head_version(uri, self.storage)
+            if version is None:
+                return f"the golden table {uri} does not exist: not launching without its guard"
+            return {"golden_uri": uri, "golden_version": version}
+        if path is not None:
+            try:
+                return {"golden_eval_path": path, "golden_sha256": file_sha256(path)}
+            except ConfigError as exc:
+                return f"{exc}: not launching without its guard"
+        return {}
+
+    def launch(
+        self,
+        version: int,
+        rows: int,
+        *,
+        kto: tuple[int | None, int] = (None, 0),
+        golden: dict[str, Any] | None = None,
+    ) -> str:
         run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
         artifact_dir = Path(self.settings.artifact_store).resolve() / run_id
         cfg = self.settings.job
+        kto_version, kto_rows = kto
         spec = JobSpec(
             run_id=run_id,
             table_uri=self.table_uri,
             dataset_version=version,
+            kto_table_uri=self.kto_uri if kto_version is not None else None,
+            kto_version=kto_version,
             registry_uri=self.registry.uri,
             artifact_dir=str(artifact_dir),
             job=cfg,
             gate=self.settings.gate,
-            golden_eval_path=self.settings.golden_eval_path,
             code_version=code_version(),
+            **(golden or {}),
         )
+        if spec.golden_label == "none":
+            log.warning(NO_GOLDEN, extra={"run_id": run_id})
         # Recorded before anything starts: from here on this version is taken.
-        self.registry.append(
-            RegistryEvent(
-                kind="run",
-                run_id=run_id,
-                status="pending",
-                actor=self.actor,
-                reason=f"{rows} pairs at version {version}",
-                table_uri=self.table_uri,
-                dataset_version=version,
-                rows=rows,
-                config_json=cfg.model_dump_json(),
-                config_hash=cfg.config_hash(),
-                artifact_uri=str(artifact_dir),
-                launcher=self.launcher.name,
-                code_version=spec.code_version,
-            )
-        )
+        self.registry.append(self._pending(spec, rows, kto_rows))
         try:
             handle = self.launcher.launch(spec)
         except LaunchError as exc:
@@ -226,6 +180,29 @@ class Watcher:
             extra={"run_id": run_id, "dataset_version": version, "rows": rows, "ref": handle.ref},
         )
         return run_id
+
+    def _pending(self, spec: JobSpec, rows: int, kto_rows: int) -> RegistryEvent:
+        cfg = spec.job
+        return RegistryEvent(
+            kind="run",
+            run_id=spec.run_id,
+            status="pending",
+            actor=self.actor,
+            reason=f"{rows} pairs at version {spec.dataset_version}",
+            table_uri=self.table_uri,
+            dataset_version=spec.dataset_version,
+            rows=rows,
+            config_json=cfg.model_dump_json(),
+            config_hash=spec.config_hash(),
+            artifact_uri=spec.artifact_dir,
+            launcher=self.launcher.name,
+            code_version=spec.code_version,
+            method=cfg.method,
+            kto_table_uri=spec.kto_table_uri,
+            kto_version=spec.kto_version,
+            kto_rows=kto_rows if spec.kto_version is not None else None,
+            golden=spec.golden_label,
+        )
 
     def reconcile(self) -> None:
         """Adopt jobs of an earlier trainer; record jobs that died without a result."""
@@ -269,6 +246,8 @@ class Watcher:
             "trainer watching",
             extra={"table": self.table_uri, "topic": topic, "threshold": self.settings.threshold},
         )
+        if not (self.settings.golden_table or self.settings.golden_eval_path):
+            log.warning(NO_GOLDEN)
         next_tick = 0.0  # tick at once: resume where the last process left off
         try:
             while not stop.is_set():

@@ -38,7 +38,8 @@ def chain_with(settings: FilterSettings | None = None, state: FilterState | None
 def test_exported_members() -> None:
     public = {n for n in dir(filters_pkg) if not n.startswith("_")}
     modules = {"build", "caps", "chain", "dedup", "errors", "length", "neardup", "pii", "settings"}
-    modules |= {"similarity", "toxicity", "annotations"}
+    modules |= {"similarity", "toxicity", "annotations", "spans", "scorers"}
+    modules |= {"detoxify_scorer", "judge_scorer", "redaction"}
     assert set(filters_pkg.__all__) == public - modules
 
 

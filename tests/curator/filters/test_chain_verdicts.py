@@ -2,7 +2,8 @@
 texts and pair_ids must stay exactly what the one-candidate-at-a-time chain gave.
 
 ``chain_verdicts.json`` was written by ``write_golden()`` with the filters of commit 70e2805
-(before the per-call batching); regenerate it only for an intended change of verdicts:
+(before the per-call batching), then regenerated for each intended change of verdicts (the
+commit that regenerates it says how many changed and why):
 
     .venv/bin/python -c "import tests.curator.filters.test_chain_verdicts as t; t.write_golden()"
 """
@@ -48,7 +49,7 @@ PROMPTS = [
 SETTINGS = {
     "default": FilterSettings(),
     "tight": FilterSettings(
-        caps={"max_per_user": 2, "max_per_tenant": 12},
+        caps={"max_per_user": 2, "max_per_tenant": 8},
         near_dup={"max_entries": 16, "threshold": 0.6, "scope": "global"},
         dedup={"max_entries": 30},
         event_dedup={"max_entries": 20},

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -42,16 +42,21 @@ class TableScorer:
 
 
 class BrokenScorer:
+    """Raises ``exc``, or answers ``answer(texts)``."""
+
     identity = "broken/1"
 
-    def __init__(self, answer: Any = None, exc: Exception | None = None) -> None:
+    def __init__(
+        self, answer: Callable[[Sequence[str]], Any] | None = None, exc: Exception | None = None
+    ) -> None:
         self.answer = answer
         self.exc = exc
 
     def score_many(self, texts: Sequence[str]) -> Sequence[float]:
         if self.exc is not None:
             raise self.exc
-        return self.answer  # type: ignore[no-any-return]
+        assert self.answer is not None
+        return self.answer(texts)  # type: ignore[no-any-return]
 
 
 def tox(
@@ -180,10 +185,10 @@ def test_scorer_batch_defaults_by_backend() -> None:
     [
         (BrokenScorer(exc=RuntimeError("CUDA out of memory")), "CUDA out of memory"),
         (BrokenScorer(exc=TimeoutError("judge timed out")), "timed out"),
-        (BrokenScorer(answer=[0.1]), "1 scores for 2 texts"),
-        (BrokenScorer(answer=[math.nan, 0.1]), "outside"),
-        (BrokenScorer(answer=[1.5, 0.1]), "outside"),
-        (BrokenScorer(answer=["high", 0.1]), "ValueError"),
+        (BrokenScorer(answer=lambda texts: [0.1]), r"1 scores for [23] texts"),
+        (BrokenScorer(answer=lambda texts: [math.nan] + [0.1] * (len(texts) - 1)), "outside"),
+        (BrokenScorer(answer=lambda texts: [1.5] + [0.1] * (len(texts) - 1)), "outside"),
+        (BrokenScorer(answer=lambda texts: ["high"] + [0.1] * (len(texts) - 1)), "ValueError"),
     ],
 )
 def test_scorer_failure_fails_closed(
@@ -243,11 +248,11 @@ def judge_server() -> Iterator[tuple[str, JudgeServer]]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append((dict(self.headers), body))
-            text = body["messages"][-1]["content"]
+            texts = json.loads(body["messages"][-1]["content"])
             content = (
                 state.reply
                 if state.reply is not None
-                else json.dumps({"toxicity": 0.97 if "idiot" in text else 0.02})
+                else json.dumps({"toxicity": [0.97 if "idiot" in t else 0.02 for t in texts]})
             )
             payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
             self.send_response(state.status)
@@ -290,7 +295,7 @@ def test_judge_scores_through_the_endpoint(
 
 def test_judge_accepts_fenced_json(judge_server: tuple[str, JudgeServer]) -> None:
     url, state = judge_server
-    state.reply = '```json\n{"toxicity": 0.4}\n```'
+    state.reply = '```json\n{"toxicity": [0.4]}\n```'
     assert JudgeScorer(base_url=url, model="m").score_many(["hi"]) == [0.4]
 
 
@@ -311,3 +316,27 @@ def test_judge_failure_fails_closed(
 def test_judge_bad_url() -> None:
     with pytest.raises(ConfigError, match="http"):
         JudgeScorer(base_url="file:///etc/passwd", model="m")
+
+
+def test_judge_rates_several_texts_per_request(judge_server: tuple[str, JudgeServer]) -> None:
+    url, state = judge_server
+    settings = ToxicitySettings(
+        backend="judge", judge={"base_url": url, "model": "m", "texts_per_request": 2}
+    )
+    assert settings.judge is not None
+    scorer = JudgeScorer.from_settings(settings.judge)
+    assert scorer.score_many(["a", "you idiot", "b"]) == [0.02, 0.97, 0.02]
+    sent = [json.loads(body["messages"][-1]["content"]) for _, body in state.requests]
+    assert sent == [["a", "you idiot"], ["b"]]
+    with pytest.raises(ConfigError, match="texts_per_request"):
+        JudgeScorer(base_url=url, model="m", texts_per_request=0)
+
+
+@pytest.mark.parametrize("reply", [{"toxicity": [0.1]}, {"toxicity": 0.1}])
+def test_judge_must_answer_one_score_per_text(
+    judge_server: tuple[str, JudgeServer], reply: dict[str, Any]
+) -> None:
+    url, state = judge_server
+    state.reply = json.dumps(reply)
+    with pytest.raises(ToxicityScorerError, match="one score for each of 2 texts"):
+        tox(JudgeScorer(base_url=url, model="m")).score_many(["a", "b"])

@@ -5,22 +5,28 @@ Needs the ``lake`` extra (deltalake, pyarrow); the ingest service never imports 
 
 from flywheel_common.lake.tables import (
     DPO_PAIRS,
+    KTO_EXAMPLES,
+    KTO_SIGNALS,
     REJECTED_CANDIDATES,
     SFT_EXAMPLES,
     TABLE_SCHEMAS,
     TableName,
     chat_prompt,
     content_hash,
+    kto_example_id,
     txn_app_id,
 )
 
 __all__ = [
     "DPO_PAIRS",
+    "KTO_EXAMPLES",
+    "KTO_SIGNALS",
     "REJECTED_CANDIDATES",
     "SFT_EXAMPLES",
     "TABLE_SCHEMAS",
     "TableName",
     "chat_prompt",
     "content_hash",
+    "kto_example_id",
     "txn_app_id",
 ]

@@ -1,5 +1,6 @@
-"""Arrow schemas of the gold tables (DESIGN.md, "Tables"), the content hash that names a pair,
-and the application-transaction id that carries Kafka offsets inside a Delta commit."""
+"""Arrow schemas of the gold tables (DESIGN.md, "Tables"), the content hashes that name a pair
+and an unpaired example, and the application-transaction id that carries Kafka offsets inside a
+Delta commit."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ import pyarrow as pa
 
 __all__ = [
     "DPO_PAIRS",
+    "KTO_EXAMPLES",
+    "KTO_SIGNALS",
     "REJECTED_CANDIDATES",
     "SFT_EXAMPLES",
     "TABLE_SCHEMAS",
     "TableName",
     "chat_prompt",
     "content_hash",
+    "kto_example_id",
     "txn_app_id",
 ]
 
-TableName = Literal["dpo_pairs", "sft_examples", "rejected_candidates"]
+TableName = Literal["dpo_pairs", "kto_examples", "sft_examples", "rejected_candidates"]
 
 _TS = pa.timestamp("ms", tz="UTC")
 CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -57,10 +61,44 @@ DPO_PAIRS = pa.schema(
         pa.field("feature", pa.string(), nullable=False),
         pa.field("model", pa.string()),
         pa.field("model_version", pa.string()),
+        # Chosen vs rejected, by filters.similarity.metric: "levenshtein" (default) is
+        # 1 - Levenshtein.distance / max(len), "indel" is Levenshtein.ratio; the row's
+        # filter_config_hash names which (docs/curator.md, "Similarity band").
         pa.field("similarity", pa.float64()),
-        pa.field("toxicity", pa.float64()),  # of the chosen text
+        # The worst toxicity score of the chosen text's pieces (whole, each sentence, the
+        # spans an edit inserted), and of the rejected text's (docs/curator.md, "Toxicity").
+        pa.field("toxicity", pa.float64()),
         pa.field("toxicity_rejected", pa.float64()),
         pa.field("weight", pa.float64(), nullable=False),
+        *_LINEAGE,
+        *_KAFKA,
+    ]
+)
+
+# The explicit signals an unpaired example comes from (DESIGN.md, "Pair sources").
+KTO_SIGNALS = ("thumbs", "rating", "helpful")
+
+# One rated answer without a correction: KTO's unpaired format (prompt, completion, label) with
+# the lineage columns of dpo_pairs. ``label`` is True when the answer is desirable.
+KTO_EXAMPLES = pa.schema(
+    [
+        pa.field(
+            "example_id", pa.string(), nullable=False
+        ),  # kto_example_id(prompt, completion, label)
+        pa.field("prompt", CHAT, nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("label", pa.bool_(), nullable=False),  # desirable
+        pa.field("weight", pa.float64(), nullable=False),
+        pa.field("signal", pa.string(), nullable=False),  # one of KTO_SIGNALS
+        pa.field("signal_value", pa.float64()),  # thumbs ±1, rating 1-5, helpful 1/0
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("tenant", pa.string(), nullable=False),
+        pa.field("user_hash", pa.string()),
+        pa.field("feature", pa.string(), nullable=False),
+        pa.field("model", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("toxicity", pa.float64()),  # of the completion
         *_LINEAGE,
         *_KAFKA,
     ]
@@ -96,8 +134,8 @@ REJECTED_CANDIDATES = pa.schema(
         pa.field("tenant", pa.string()),
         pa.field("user_hash", pa.string()),
         pa.field("feature", pa.string()),
-        pa.field("similarity", pa.float64()),
-        pa.field("toxicity", pa.float64()),
+        pa.field("similarity", pa.float64()),  # as in dpo_pairs
+        pa.field("toxicity", pa.float64()),  # as in dpo_pairs
         *_LINEAGE,
         *_KAFKA,
     ]
@@ -105,6 +143,7 @@ REJECTED_CANDIDATES = pa.schema(
 
 TABLE_SCHEMAS: Mapping[str, pa.Schema] = {
     "dpo_pairs": DPO_PAIRS,
+    "kto_examples": KTO_EXAMPLES,
     "sft_examples": SFT_EXAMPLES,
     "rejected_candidates": REJECTED_CANDIDATES,
 }
@@ -121,6 +160,12 @@ def content_hash(*parts: object) -> str:
     """Stable SHA-256 of JSON-serialisable parts; the pair_id and the exact-dedup key."""
     blob = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def kto_example_id(prompt: Sequence[Mapping[str, Any]], completion: str, *, label: bool) -> str:
+    """The ``example_id`` of a ``kto_examples`` row: the same answer to the same prompt rated
+    the same way is one example (exact dedup); rated both ways it is two."""
+    return content_hash("kto_example/v1", chat_prompt(prompt), completion, label)
 
 
 def txn_app_id(group: str, topic: str, partition: int) -> str:

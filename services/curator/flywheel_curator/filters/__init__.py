@@ -41,10 +41,19 @@ from flywheel_curator.filters.dedup import (
     event_key,
     pair_id,
 )
+from flywheel_curator.filters.detoxify_scorer import DetoxifyScorer
 from flywheel_curator.filters.errors import FilterError, ToxicityScorerError
+from flywheel_curator.filters.judge_scorer import JudgeScorer
 from flywheel_curator.filters.length import TOO_LONG, TOO_SHORT, LengthFilter
 from flywheel_curator.filters.neardup import NEAR_DUPLICATE, NearDupFilter, NearDupIndex
 from flywheel_curator.filters.pii import PII, PiiDetector, PiiFilter, PiiFinding
+from flywheel_curator.filters.redaction import (
+    PiiLogFilter,
+    install_log_redaction,
+    redact_row,
+    redact_text,
+)
+from flywheel_curator.filters.scorers import ProfanityCheckScorer, ToxicityScorer
 from flywheel_curator.filters.settings import (
     CapSettings,
     DedupSettings,
@@ -55,18 +64,22 @@ from flywheel_curator.filters.settings import (
     LengthSettings,
     NearDupSettings,
     PiiSettings,
+    SimilarityMetric,
     SimilaritySettings,
     ToxicitySettings,
 )
-from flywheel_curator.filters.similarity import TOO_DISSIMILAR, TOO_SIMILAR, SimilarityFilter
+from flywheel_curator.filters.similarity import (
+    TOO_DISSIMILAR,
+    TOO_SIMILAR,
+    SimilarityFilter,
+    similarity_ratio,
+)
+from flywheel_curator.filters.spans import CandidatePieces, SidePieces, pieces_of
 from flywheel_curator.filters.toxicity import (
     TOXIC_CHOSEN,
     TOXICITY_INCREASE,
-    DetoxifyScorer,
-    JudgeScorer,
-    ProfanityCheckScorer,
     ToxicityFilter,
-    ToxicityScorer,
+    ToxicityMeasure,
 )
 
 __all__ = [
@@ -84,6 +97,7 @@ __all__ = [
     "USER_CAP",
     "BatchFilter",
     "BatchKeyState",
+    "CandidatePieces",
     "CapFilter",
     "CapSettings",
     "CapState",
@@ -109,13 +123,17 @@ __all__ = [
     "PiiDetector",
     "PiiFilter",
     "PiiFinding",
+    "PiiLogFilter",
     "PiiSettings",
     "ProfanityCheckScorer",
+    "SidePieces",
     "SimilarityFilter",
+    "SimilarityMetric",
     "SimilaritySettings",
     "StatefulBatch",
     "StatefulFilter",
     "ToxicityFilter",
+    "ToxicityMeasure",
     "ToxicityScorer",
     "ToxicityScorerError",
     "ToxicitySettings",
@@ -123,6 +141,11 @@ __all__ = [
     "build_filters",
     "default_user_key",
     "event_key",
+    "install_log_redaction",
     "make_scorer",
     "pair_id",
+    "pieces_of",
+    "redact_row",
+    "redact_text",
+    "similarity_ratio",
 ]

@@ -8,18 +8,15 @@ from flywheel_curator.candidate import Filter
 from flywheel_curator.filters.caps import CapFilter, UserKey, default_user_key
 from flywheel_curator.filters.chain import FilterChain, FilterState, StatefulFilter
 from flywheel_curator.filters.dedup import EventDedupFilter, ExactDedupFilter
+from flywheel_curator.filters.detoxify_scorer import DetoxifyScorer
+from flywheel_curator.filters.judge_scorer import JudgeScorer
 from flywheel_curator.filters.length import LengthFilter
 from flywheel_curator.filters.neardup import NearDupFilter
 from flywheel_curator.filters.pii import PiiFilter
+from flywheel_curator.filters.scorers import ProfanityCheckScorer, ToxicityScorer
 from flywheel_curator.filters.settings import FilterSettings, ToxicitySettings
 from flywheel_curator.filters.similarity import SimilarityFilter
-from flywheel_curator.filters.toxicity import (
-    DetoxifyScorer,
-    JudgeScorer,
-    ProfanityCheckScorer,
-    ToxicityFilter,
-    ToxicityScorer,
-)
+from flywheel_curator.filters.toxicity import ToxicityFilter
 
 __all__ = ["build_filters", "make_scorer"]
 
@@ -73,7 +70,12 @@ def build_filters(
     if settings.similarity.enabled:
         sim = settings.similarity
         stateless.append(
-            SimilarityFilter(min_ratio=sim.min_ratio, max_ratio=sim.max_ratio, sources=sim.sources)
+            SimilarityFilter(
+                min_ratio=sim.min_ratio,
+                max_ratio=sim.max_ratio,
+                sources=sim.sources,
+                metric=sim.metric,
+            )
         )
     if settings.pii.enabled:
         stateless.append(PiiFilter(policy=settings.pii.policy, kinds=settings.pii.kinds))
@@ -102,6 +104,7 @@ def build_filters(
             relative_margin=t.relative_margin,
             relative_floor=t.relative_floor,
             batch_size=t.scorer_batch,
+            max_pieces=t.max_pieces,
         )
     return FilterChain(
         stateless=stateless,

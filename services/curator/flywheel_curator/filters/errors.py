@@ -28,6 +28,11 @@ class ToxicityScorerError(FilterError):
     count). The curator must stop accepting pairs rather than pass them unchecked."""
 
     def __init__(self, backend: str, reason: str) -> None:
+        # A backend's error may quote what it was scoring (a judge echoing its input): the
+        # message is printed and logged, so PII in it is redacted.
+        from flywheel_curator.filters.redaction import redact_text
+
+        reason = redact_text(reason)
         super().__init__(f"toxicity scorer {backend!r} failed: {reason}")
         self.backend = backend
         self.reason = reason

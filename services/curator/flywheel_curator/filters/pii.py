@@ -2,7 +2,7 @@
 ids (US SSN, UK National Insurance number), and secrets (AWS keys, GitHub tokens, PEM private
 keys, Slack tokens, ``api_key=...``-style assignments) in the prompt, chosen and rejected texts.
 
-A careful regex detector was the fastest and most precise option measured (FINDINGS.md, "PII
+A careful regex detector was the fastest and most precise option measured (docs/findings.md, "PII
 and secrets"). Each pattern is guarded by a cheap substring or character test so that clean
 text, the common case, costs a few scans. What it does not find: names, postal addresses,
 phone numbers written without a ``+`` country code or a North-American shape, IPv6, and other

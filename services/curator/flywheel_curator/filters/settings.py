@@ -32,6 +32,7 @@ __all__ = [
     "NearDupSettings",
     "PiiKind",
     "PiiSettings",
+    "SimilarityMetric",
     "SimilaritySettings",
     "ToxicityBackend",
     "ToxicitySettings",
@@ -39,6 +40,7 @@ __all__ = [
 
 PiiKind = Literal["email", "phone", "card", "ip", "national_id", "secret"]
 ToxicityBackend = Literal["profanity_check", "detoxify", "judge"]
+SimilarityMetric = Literal["levenshtein", "indel"]
 
 ALL_SOURCES: tuple[PairSource, ...] = get_args(PairSource)
 ALL_PII_KINDS: tuple[PiiKind, ...] = get_args(PiiKind)
@@ -62,6 +64,10 @@ DEFAULT_RELATIVE_MARGIN = 0.05
 # rejected side is noise (profanity_check: prose 0.01-0.11, insults 0.98-1.0).
 DEFAULT_RELATIVE_FLOOR = 0.25
 DEFAULT_SCORER_BATCH = 64
+# Sentence windows (and as many edit spans) scored per side of a candidate: a 16k-character
+# answer costs at most 1 + 16 + 16 pieces, an ordinary one its few sentences.
+DEFAULT_MAX_PIECES = 16
+DEFAULT_JUDGE_TEXTS_PER_REQUEST = 16
 # profanity_check pays ~10 ms of sklearn input validation per call whatever its size (151 us a
 # text in calls of 64, 11 us in calls of 4096): it scores a whole pipeline buffer in one call.
 PROFANITY_CHECK_BATCH = 8192
@@ -103,9 +109,12 @@ class LengthSettings(_Frozen):
 
 
 class SimilaritySettings(_Frozen):
-    """Accept when ``min_ratio < Levenshtein.ratio(chosen, rejected) < max_ratio`` (strict)."""
+    """Accept when ``min_ratio < ratio(chosen, rejected) < max_ratio`` (strict). ``metric``
+    names the ratio: ``levenshtein`` (default, the owner's rule: ``1 - Levenshtein.distance /
+    max(len)``) or ``indel`` (``Levenshtein.ratio``); see ``similarity.py``."""
 
     enabled: bool = True
+    metric: SimilarityMetric = "levenshtein"
     min_ratio: float = Field(default=DEFAULT_MIN_RATIO, ge=0.0, le=1.0)
     max_ratio: float = Field(default=DEFAULT_MAX_RATIO, ge=0.0, le=1.0)
     sources: tuple[PairSource, ...] = ALL_SOURCES
@@ -144,12 +153,16 @@ class JudgeSettings(_Frozen):
     model: str = Field(min_length=1)
     api_key: SecretStr | None = None
     timeout_s: float = Field(default=DEFAULT_JUDGE_TIMEOUT_S, gt=0)
+    # Texts rated in one request (a JSON array; the answer holds one score per text).
+    texts_per_request: int = Field(default=DEFAULT_JUDGE_TEXTS_PER_REQUEST, ge=1)
 
 
 class ToxicitySettings(_Frozen):
-    """Toxicity of the chosen text, absolutely (``max_score``) and relative to the rejected text
-    (``chosen > rejected + relative_margin`` is the poisoning case, once the chosen text
-    scores at least ``relative_floor``; 0 makes the relative check apply to any score)."""
+    """Toxicity of what the user wrote, judged on the worst of the whole text, each sentence and
+    (for edits) each edited span, at most ``max_pieces`` sentence windows and spans per side:
+    absolutely (``max_score``) and relative to what it replaced (``added > removed +
+    relative_margin`` is the poisoning case, once what was added scores at least
+    ``relative_floor``; 0 makes the relative check apply to any score)."""
 
     enabled: bool = True
     backend: ToxicityBackend = "profanity_check"
@@ -158,6 +171,7 @@ class ToxicitySettings(_Frozen):
     relative_floor: float = Field(default=DEFAULT_RELATIVE_FLOOR, ge=0.0, le=1.0)
     # Texts per scorer call; None: the backend's own (see ``scorer_batch``).
     batch_size: int | None = Field(default=None, ge=1)
+    max_pieces: int = Field(default=DEFAULT_MAX_PIECES, ge=1)
     detoxify: DetoxifySettings | None = None
     judge: JudgeSettings | None = None
 

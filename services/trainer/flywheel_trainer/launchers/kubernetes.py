@@ -52,12 +52,13 @@ def pod_spec(spec: JobSpec, settings: TrainerSettings) -> JobSpec:
     k8s = settings.kubernetes
     lake_root = settings.lake.uri
     try:
+        tables = {
+            name: _rebase(uri, lake_root, k8s.lake_mount)
+            for name in ("table_uri", "registry_uri", "kto_table_uri", "golden_uri")
+            if (uri := getattr(spec, name)) is not None
+        }
         return spec.model_copy(
-            update={
-                "table_uri": _rebase(spec.table_uri, lake_root, k8s.lake_mount),
-                "registry_uri": _rebase(spec.registry_uri, lake_root, k8s.lake_mount),
-                "artifact_dir": str(Path(k8s.artifacts_mount) / spec.run_id),
-            }
+            update={**tables, "artifact_dir": str(Path(k8s.artifacts_mount) / spec.run_id)}
         )
     except ValueError as exc:
         raise LaunchError(spec.run_id, f"a local table is outside the lake root: {exc}") from exc
