@@ -253,3 +253,9 @@ def rows_with(lake: Path, table: str, n: int) -> Callable[[], list[dict[str, Any
 
 def coords(rows: Sequence[Mapping[str, Any]]) -> list[Coord]:
     return [(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in rows]
+
+
+def report(test: str, **figures: object) -> None:
+    """One line of figures for RELIABILITY.md (shown with ``pytest -s``)."""
+    line = " ".join(f"{k}={v}" for k, v in figures.items())
+    print(f"\nFIGURES {test}: {line}")  # noqa: T201 - the figures RELIABILITY.md quotes

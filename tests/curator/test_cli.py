@@ -12,11 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from confluent_kafka import Producer
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from flywheel_common.kafka import producer_config
 from flywheel_common.lake import DPO_PAIRS, txn_app_id
 from flywheel_common.settings import KafkaSettings
 
-from tests.curator.conftest import PROMPT, RESPONSE, EventProducer, edit_event, read_table
+from tests.curator.conftest import (
+    CODEC,
+    PROMPT,
+    RESPONSE,
+    EventProducer,
+    edit_event,
+    read_table,
+)
 
 # Three unrelated edits, so near-duplicate detection keeps all three.
 EDITS = [
@@ -40,12 +49,14 @@ FINALS = [final for _, _, final in EDITS]
 CURATED = "Revenue went up this quarter while costs went up a bit less."
 
 
-def flywheel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def flywheel(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "flywheel_common.cli", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
         env=env,
     )
@@ -150,6 +161,43 @@ def test_replay_rebuilds_the_same_table_and_starts_where_told(
     assert sorted(r["kafka_offset"] for r in later) == [1, 2]
     # Replaying into a lake that already holds the offsets adds nothing (exactly once).
     assert len(replay(tmp_path / "a", "--from-beginning")) == len(FINALS)
+
+
+def test_replay_from_the_beginning_ends_on_transactional_topics(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A transactional producer's last offset in a partition is a commit (or abort) marker: no
+    message carries it, so a replay that waited for the last message's offset to reach the end
+    never ended (it hung here before). It ends from the consumer's positions, and the aborted
+    edit is not in the table."""
+    producer = Producer(
+        producer_config(
+            kafka_settings, profile="transactional", transactional_id=f"tx-{uuid.uuid4()}"
+        )
+    )
+    producer.init_transactions(30)
+    run_id = str(uuid.uuid4())
+    for batch, outcome in ((EDITS[:2], "commit"), (EDITS[2:], "abort")):
+        producer.begin_transaction()
+        for prompt, original, final in batch:
+            edit = edit_event(run_id, prompt=prompt, original=original, final=final)
+            producer.produce(
+                kafka_settings.topics.edits,
+                key=run_id.encode(),
+                value=CODEC.encode("Edit", edit),
+            )
+        producer.flush(30)
+        if outcome == "commit":
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+    env = {**os.environ, "FLYWHEEL_CURATOR_KAFKA": kafka_settings.model_dump_json()}
+    out = flywheel(
+        "replay", "--lake", str(tmp_path / "lake"), "--from-beginning", env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_table(tmp_path / "lake", "dpo_pairs")
+    assert sorted(r["chosen"] for r in rows) == sorted(final for _, _, final in EDITS[:2])
 
 
 def _pairs(n: int, start: int) -> pa.Table:

@@ -25,6 +25,7 @@ from tests.curator.conftest import (
     edit_event,
     feedback_event,
     read_table,
+    report,
     run_event,
     settings_for,
     spawn,
@@ -169,5 +170,13 @@ def test_kill_9_loses_and_duplicates_nothing(kafka_settings: KafkaSettings, tmp_
     summary = (
         f"kills={dict(kills)} lost={lost} {dict(by_topic)} duplicated={duplicated} "
         f"extra={len(extra)}; first lost: {missing[:3]}"
+    )
+    report(
+        "kill -9 loop",
+        events=len(producer.delivered),
+        rows_expected=len(once) + len(groups),
+        kills=dict(kills),
+        lost=lost,
+        duplicated=duplicated,
     )
     assert (lost, duplicated, len(extra)) == (0, 0, 0), summary

@@ -3,16 +3,21 @@ timeout that wakes up after the other took its partitions. Nothing lost, nothing
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from flywheel_common.partitioner import partition_for
 from flywheel_common.settings import KafkaSettings
+from flywheel_curator.settings import BatchSettings
 
 from tests.curator.conftest import (
     EventProducer,
@@ -20,6 +25,7 @@ from tests.curator.conftest import (
     edit_event,
     feedback_event,
     read_table,
+    report,
     run_event,
     settings_for,
     spawn,
@@ -95,6 +101,13 @@ def test_rebalance_and_sigstop_zombie(kafka_settings: KafkaSettings, tmp_path: P
     found = coords(read_table(lake, "dpo_pairs")) + coords(read_table(lake, "rejected_candidates"))
     counts = Counter(found)
     duplicated = {c: n for c, n in counts.items() if n > 1}
+    report(
+        "rebalance and SIGSTOP zombie",
+        events=len(p.delivered),
+        faults="1 rebalance, 1 SIGSTOP past the session",
+        lost=len(edits - set(counts)),
+        duplicated=sum(n - 1 for n in duplicated.values()),
+    )
     assert not duplicated, f"{len(duplicated)} rows written twice"
     assert set(counts) == edits
 
@@ -163,3 +176,145 @@ def test_pairs_across_two_processes(kafka_settings: KafkaSettings, tmp_path: Pat
     assert sorted(got) == sorted(want)
     assert _assignments(a_log) >= 1 and _assignments(b_log) >= 1
     assert not read_table(lake, "rejected_candidates")
+
+
+def _last_assignment(log: Path) -> set[tuple[str, int]]:
+    """The partitions of the newest "assigned" line in a curator's JSON log."""
+    lines = [json.loads(x) for x in log.read_text().splitlines() if '"msg": "assigned"' in x]
+    out: set[tuple[str, int]] = set()
+    for name in lines[-1]["partitions"] if lines else {}:
+        topic, _, rest = name.rpartition("[")
+        out.add((topic, int(rest.rstrip("]"))))
+    return out
+
+
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "T"
+
+
+@dataclass(frozen=True)
+class _Commit:
+    table: str
+    version: int
+    at_ms: int
+    instance: str | None
+    operation: str | None
+    rows: int
+
+
+def _commits(lake: Path) -> list[_Commit]:
+    """Every commit of the three tables, read from the Delta logs themselves."""
+    out = []
+    for table in ("sft_examples", "rejected_candidates", "dpo_pairs"):
+        for path in sorted((lake / table / "_delta_log").glob("*.json")):
+            actions = [json.loads(line) for line in path.read_text().splitlines() if line]
+            info = next(a["commitInfo"] for a in actions if "commitInfo" in a)
+            rows = sum(json.loads(a["add"]["stats"])["numRecords"] for a in actions if "add" in a)
+            who, operation = info.get("flywheel.curator.instance"), info.get("flywheel.operation")
+            out.append(_Commit(table, int(path.stem), info["timestamp"], who, operation, rows))
+    return out
+
+
+def _assigned_at_ms(log: Path) -> list[int]:
+    """When each "assigned" line of a curator's JSON log was written (epoch ms)."""
+    out = []
+    for line in log.read_text().splitlines():
+        if '"msg": "assigned"' in line:
+            ts = datetime.strptime(json.loads(line)["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            out.append(int(ts.replace(tzinfo=UTC).timestamp() * 1000))
+    return out
+
+
+@pytest.mark.slow
+def test_a_resumed_zombie_lands_nothing_after_the_takeover(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A curator stops itself (SIGSTOP, a fault point) as it begins to commit a batch and loses
+    its partitions to the other; resumed (SIGCONT) at once, before the new owner commits
+    anything there, it must not land its batch on any table: the new owner recorded its claim
+    in the lake at the takeover. (Before: the fence compared offsets only, so the zombie's
+    commit passed until the new owner's first commit; this test counted its rows.)"""
+    lake = tmp_path / "lake"
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    slow = BatchSettings(max_rows=100_000, max_seconds=5.0)
+    a_settings = settings_for(kafka_settings, lake, tmp_path / "a", group=group, batch=slow)
+    b_settings = settings_for(kafka_settings, lake, tmp_path / "b", group=group, batch=slow)
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    # a pauses itself as its first batch begins to commit (before the fence), once.
+    pause = '{"crash_at": ["before_parquet_write"], "probability": 1.0, "mode": "stop", '
+    a = spawn(a_settings, a_log, FLYWHEEL_CURATOR_FAULTS=pause + '"max_faults": 1}', **ENV)
+    b = spawn(b_settings, b_log, **ENV)
+    edits_topic = kafka_settings.topics.edits
+    p = EventProducer(kafka_settings)
+    try:
+        wait_until(
+            lambda: _assignments(a_log) >= 1 and _assignments(b_log) >= 1, what="both assigned"
+        )
+
+        def settled() -> bool:
+            mine, theirs = _last_assignment(a_log), _last_assignment(b_log)
+            return len(mine | theirs) == 4 * kafka_settings.partitions and not mine & theirs
+
+        wait_until(settled, what="the group settled")
+        mine = sorted(part for t, part in _last_assignment(a_log) if t == edits_topic)
+        assert mine, "a owns no partition of the edits topic"
+        keys = _keys_on(mine[0], 40, kafka_settings.partitions)
+        for i, key in enumerate(keys):
+            p.send("edit", edit_event(key, final=f"Revenue went up, see note {i}."))
+        p.flush()
+        seen_b = _assignments(b_log)
+        wait_until(lambda: _stopped(a.pid), timeout=60, what="a paused in its commit")
+        wait_until(
+            lambda: (
+                _assignments(b_log) > seen_b and (edits_topic, mine[0]) in _last_assignment(b_log)
+            ),
+            timeout=60,
+            what="b takes a's partitions",
+        )
+        takeover_ms = int(time.time() * 1000)
+        a.send_signal(signal.SIGCONT)  # before b's first commit there (5 s batches)
+        want = {c for c in p.delivered if c[0] == edits_topic}
+        wait_until(
+            lambda: (
+                len(
+                    set(
+                        coords(
+                            read_table(lake, "rejected_candidates") + read_table(lake, "dpo_pairs")
+                        )
+                    )
+                )
+                >= len(want)
+            ),
+            timeout=90,
+            interval=0.5,
+            what="every edit in the lake",
+        )
+    finally:
+        for proc in (a, b):
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+        for proc in (a, b):
+            proc.wait(60)
+    # The zombie's window: from the takeover until the group gives a partitions again.
+    rejoined = min((t for t in _assigned_at_ms(a_log) if t > takeover_ms), default=2**62)
+    b_instance = f"{socket.gethostname()}-{b.pid}"
+    zombie_commits = [
+        c
+        for c in _commits(lake)
+        if takeover_ms <= c.at_ms < rejoined and c.instance != b_instance and c.operation != "claim"
+    ]
+    zombie_rows = sum(c.rows for c in zombie_commits)
+    found = coords(read_table(lake, "dpo_pairs")) + coords(read_table(lake, "rejected_candidates"))
+    counts = Counter(found)
+    report(
+        "zombie resumed before the new owner commits",
+        events=len(want),
+        faults="1 SIGSTOP in a commit, resumed after the takeover",
+        zombie_rows=zombie_rows,
+        zombie_commits=len(zombie_commits),
+        lost=len(want - set(counts)),
+        duplicated=sum(n - 1 for n in counts.values()),
+    )
+    assert (zombie_rows, len(zombie_commits)) == (0, 0), zombie_commits
+    assert set(counts) == want and max(counts.values()) == 1, "lost or duplicated"

@@ -128,13 +128,18 @@ def produce_when_room(
             producer.poll(0.1)
 
 
-def flush_or_raise(producer: Producer, *, timeout_s: float, failed: int, what: str) -> None:
-    """Wait until everything produced is acknowledged; ``failed`` is how many delivery reports
-    since the last flush were errors. Raises ``BrokerUnavailableError`` unless all went through."""
+def flush_or_raise(
+    producer: Producer, *, timeout_s: float, failed: Callable[[], int], what: str
+) -> None:
+    """Wait until everything produced is acknowledged. ``failed`` answers how many delivery
+    reports since the last flush were errors; it is asked after the flush, because the reports
+    of the last messages arrive during it. Raises ``BrokerUnavailableError`` unless all went
+    through."""
     left = producer.flush(timeout_s)
-    if left or failed:
+    errors = failed()
+    if left or errors:
         raise BrokerUnavailableError(
-            f"{left} {what} not acknowledged and {failed} failed within {timeout_s}s"
+            f"{left} {what} not acknowledged and {errors} failed within {timeout_s}s"
         )
 
 

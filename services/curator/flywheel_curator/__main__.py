@@ -3,6 +3,7 @@ until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import NoReturn
@@ -15,6 +16,8 @@ from prometheus_client import start_http_server
 from flywheel_curator.consumer import Curator, stop_on_signals
 from flywheel_curator.filters import install_log_redaction
 from flywheel_curator.settings import CuratorSettings
+
+log = logging.getLogger("flywheel_curator")
 
 
 def main() -> int:
@@ -30,6 +33,10 @@ def main() -> int:
     except FlywheelError as exc:
         print(f"flywheel-curator: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        # The batch in progress was abandoned (consumer.py); a supervisor restarts the process.
+        log.exception("curator stopped by an unexpected error")
+        return 1
     finally:
         restore()
     return 0

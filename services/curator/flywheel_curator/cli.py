@@ -1,10 +1,12 @@
 """``flywheel curate`` (the pipeline over a file of events), ``flywheel replay`` (the stream from
-an offset or a timestamp into a table) and ``flywheel data compact`` (small files, checkpoint,
-vacuum). Argument parsing around library calls; settings come from ``FLYWHEEL_CURATOR_*``."""
+an offset or a timestamp into a table), ``flywheel data compact`` (small files, checkpoint,
+vacuum) and ``flywheel data reset-offsets`` (continue a lake on recreated topics). Argument
+parsing around library calls; settings come from ``FLYWHEEL_CURATOR_*``."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import threading
@@ -19,6 +21,7 @@ from deltalake.exceptions import DeltaError
 from flywheel_common.cli import Handler
 from flywheel_common.codec import AvroCodec
 from flywheel_common.errors import ConfigError, DecodeError, EncodeError, LakeError
+from flywheel_common.kafka import make_consumer
 from flywheel_common.lake import TableName
 from flywheel_common.logs import configure_logging
 from flywheel_common.settings import LakeSettings
@@ -28,13 +31,21 @@ from flywheel_curator.candidate import KafkaOrigin
 from flywheel_curator.facts import LoopbackFacts
 from flywheel_curator.filters import install_log_redaction
 from flywheel_curator.joins import JoinStore
+from flywheel_curator.offsets import (
+    fingerprints,
+    gaps,
+    partitions_of,
+    replaced,
+    reset_offsets,
+    watermarks,
+)
 from flywheel_curator.pipeline import Pipeline, build_pipeline
 from flywheel_curator.retention import PINNED_TABLE, REGISTRY_TABLE, keep_pinned_files
 from flywheel_curator.settings import CuratorSettings, StartSettings
 from flywheel_curator.sink import COMMIT_ORDER, DeltaSink
 from flywheel_curator.sources import validate
 
-__all__ = ["compact_command", "curate_command", "replay_command"]
+__all__ = ["compact_command", "curate_command", "replay_command", "reset_offsets_command"]
 
 _NAMES: dict[str, str] = {"run": "Run", "feedback": "Feedback", "edit": "Edit"}
 _FILE_BATCH = 5_000
@@ -300,3 +311,72 @@ def _compact(args: argparse.Namespace) -> int:
             f"removed {metrics.get('numFilesRemoved')}, vacuumed {len(removed)}"
         )
     return 0
+
+
+def reset_offsets_command(parser: argparse.ArgumentParser) -> Handler:
+    """Continue a lake on recreated topics: move the curator's offsets to the topics' start.
+
+    By default every partition of each topic the curator refuses to start on (its id changed,
+    or a partition ends before the lake's offset) goes to its log start (--to earliest) or
+    end (--to latest). The reset is one commit per table, with who, why and the old and new
+    offsets in its metadata (see each table's history), and it fences any curator still
+    running: stop them first. To rebuild the tables from the topics instead, replay into a
+    fresh lake.
+    """
+    parser.add_argument("--lake", help="lake URI (default: FLYWHEEL_CURATOR_LAKE__URI)")
+    parser.add_argument("--group", help="consumer group (default: FLYWHEEL_CURATOR_GROUP_ID)")
+    parser.add_argument("--to", choices=["earliest", "latest"], default="earliest")
+    parser.add_argument(
+        "--partition",
+        action="append",
+        metavar="TOPIC:N",
+        help="reset this partition even if the lake is not ahead of it (repeatable)",
+    )
+    parser.add_argument("--actor", default=f"cli:{getpass.getuser()}", help="who does this")
+    parser.add_argument("--reason", required=True, help="why (kept in the tables' history)")
+    return _reset_offsets
+
+
+def _reset_offsets(args: argparse.Namespace) -> int:
+    base = CuratorSettings()
+    settings = base.model_copy(
+        update={
+            "lake": LakeSettings(uri=args.lake) if args.lake else base.lake,
+            "group_id": args.group or base.group_id,
+        }
+    )
+    sink = DeltaSink(settings.lake, group=settings.group_id, instance=settings.instance_id)
+    sink.ensure_tables()
+    consumer = make_consumer(settings.kafka, group_id=f"{settings.group_id}-reset-offsets")
+    t = settings.kafka.topics
+    try:
+        every = partitions_of(consumer, [t.runs, t.feedback, t.edits, t.pairing])
+        if args.partition:
+            tps = [_partition(p) for p in args.partition]
+        else:
+            # A topic is recreated as a whole: every partition of one that changed goes.
+            ids = fingerprints(settings.kafka, sorted({topic for topic, _ in every}))
+            changed = {r.topic for r in replaced(sink, ids)}
+            changed |= {g.topic for g in gaps(sink.offsets(every), watermarks(consumer, every))}
+            tps = [tp for tp in every if tp[0] in changed]
+        if not tps:
+            print("nothing to reset: the lake matches the topics")
+            return 0
+        marks = watermarks(consumer, tps)
+    finally:
+        consumer.close()
+    topics = fingerprints(settings.kafka, sorted({topic for topic, _ in tps}))
+    changes = reset_offsets(
+        sink, marks, topics=topics, to=args.to, actor=args.actor, reason=args.reason
+    )
+    for c in changes:
+        print(f"{c['topic']}[{c['partition']}]: offset {c['from']} -> {c['to']}")
+    print(f"recorded in the history of {', '.join(COMMIT_ORDER)} (operation reset-offsets)")
+    return 0
+
+
+def _partition(text: str) -> tuple[str, int]:
+    topic, _, number = text.rpartition(":")
+    if not topic or not number.isdigit():
+        raise ConfigError(f"--partition {text!r}: expected TOPIC:N")
+    return topic, int(number)

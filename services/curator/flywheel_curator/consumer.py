@@ -5,16 +5,23 @@ Exactly once, in short:
 
 1. Partitions are assigned with the ``range`` strategy, so partition *p* of the three
    co-partitioned topics goes to one process and a run meets its feedback.
-2. On assignment the position of each partition comes from the lake, never from Kafka: the
-   ``dpo_pairs`` txn version *D* (next offset committed to all tables) and the state store's
-   applied offset *S* ≤ *D*. The consumer seeks to *S* and re-applies [S, D) to the state;
-   rows re-derived there are skipped for any table whose txn already covers all of their
-   ingredients. Until every partition is back at *D*, messages past it wait (``gate.py``).
+2. On assignment the curator checks that the topics are the ones the lake recorded, claims
+   the partitions in the lake (``claims.py``: a zombie is fenced from then on), and resumes
+   each from the lake, never from Kafka (``resume.py``): the ``dpo_pairs`` txn version *D*
+   (next offset committed to all tables) and the state store's applied offset *S* ≤ *D*. It
+   re-applies [S, D) to the state; rows re-derived there are skipped for any table whose txn
+   already covers all of their ingredients (``replayed.py``). Until every partition is back at
+   *D*, messages past it wait (``gate.py``).
 3. A micro-batch first flushes the pairing facts it produced, then commits to Delta
    (``sink.py``, fenced against zombies), then the state store, then — as a convenience only —
-   the Kafka offsets. Facts are therefore durable before the offsets that made them count as
-   consumed; a replay re-sends them with the same ids and the receiver counts them once.
-4. A failed or fenced commit drops the batch, rolls the state back and re-seeks from the lake.
+   the Kafka offsets; table upkeep (``upkeep.py``) runs after that, between batches. Facts are
+   therefore durable before the offsets that made them count as consumed; a replay re-sends
+   them with the same ids and the receiver counts them once.
+4. A failed or fenced commit drops the batch, rolls the state back and re-seeks from the lake
+   (after a backoff where the cause is transient: a lost race, a broker away for a while).
+5. Anything else (a bug, a refusal no retry cures) abandons the batch: nothing of it is
+   committed, not by the close path either, the state rolls back and the process exits
+   non-zero; the next start re-reads the batch.
 """
 
 from __future__ import annotations
@@ -26,11 +33,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -38,19 +44,28 @@ from confluent_kafka import (
     TopicPartition,
 )
 from flywheel_common.codec import AvroCodec
-from flywheel_common.errors import DecodeError, FlywheelError, SinkCommitError
+from flywheel_common.errors import (
+    BrokerUnavailableError,
+    DecodeError,
+    FlywheelError,
+    LakeError,
+    SinkCommitError,
+)
 from flywheel_common.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from flywheel_common.lake import TableName
 from flywheel_common.partitioner import partition_for
 
 from flywheel_curator import metrics
 from flywheel_curator.candidate import KafkaOrigin
-from flywheel_curator.dlq import Notifier
-from flywheel_curator.facts import FACT_RECORD, Fact, KafkaFacts
-from flywheel_curator.gate import ReplayGate
+from flywheel_curator.claims import claim
+from flywheel_curator.delivery import MessageLimits
+from flywheel_curator.dlq import Letter, Notifier
+from flywheel_curator.errors import FencedError, InjectedFault
+from flywheel_curator.facts import FACT_RECORD, Fact, KafkaFacts, fact_problem
+from flywheel_curator.filters import FilterError
 from flywheel_curator.joins import JoinStore
+from flywheel_curator.offsets import partitions_of
 from flywheel_curator.pipeline import (
-    FILTER_STATE_COLUMNS,
     CuratedRow,
     Pipeline,
     build_chain,
@@ -58,9 +73,12 @@ from flywheel_curator.pipeline import (
     load_filter_state,
 )
 from flywheel_curator.refusals import Refusal
+from flywheel_curator.replayed import sort_replayed
+from flywheel_curator.resume import Resume
 from flywheel_curator.settings import CuratorSettings
 from flywheel_curator.sink import COMMIT_ORDER, DeltaSink, FaultPoint, ZombieError
 from flywheel_curator.sources import validate
+from flywheel_curator.warmup import read_filter_state
 
 __all__ = ["Curator"]
 
@@ -72,6 +90,11 @@ _BASE_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
 # Every n-th run is checked against Kafka's partitioner (regenerate facts rely on it).
 _ROUTING_SAMPLE = 64
+# Failures a re-read of the batch may cure: a lost commit race, a table that could not be
+# loaded, a broker away for a while, a toxicity scorer that failed (fail closed).
+_TRANSIENT = (LakeError, BrokerUnavailableError, FilterError)
+# Session timeouts a process may stay fenced while the group still assigns it the partitions.
+_FENCED_SESSIONS = 3
 
 
 class Curator:
@@ -85,7 +108,8 @@ class Curator:
         self.sink = DeltaSink(
             settings.lake,
             group=settings.group_id,
-            checkpoint_interval=settings.checkpoint_interval,
+            instance=settings.instance_id,
+            upkeep=settings.upkeep,
             fault=self._fault,
         )
         self.sink.ensure_tables()
@@ -95,15 +119,24 @@ class Curator:
             cache_kib=settings.state_cache_kib,
         )
         chain = build_chain(settings.filters, self.store)
-        # Near-dup and caps remember in memory: rebuild them from what the table holds.
-        load_filter_state(
-            chain,
-            self.sink.table("dpo_pairs").to_pyarrow_table(columns=list(FILTER_STATE_COLUMNS)),
-            settings.filters,
-        )
+        # Near-dup and caps remember in memory: rebuild them from the part of the table they
+        # need (warmup.py), not the whole of it.
+        now = datetime.now(tz=UTC)
+        state = read_filter_state(self.sink.table("dpo_pairs"), settings.filters, now=now)
+        load_filter_state(chain, state, settings.filters)
         self.partitions = _prepare_pairing_topic(settings)
+        t = self.topics
+        self.limits = MessageLimits.read(settings.kafka, [t.pairing, t.dlq, t.gold])
         self.facts = KafkaFacts(
-            make_producer(settings.kafka, linger_ms=20), self.codec, topic=self.topics.pairing
+            make_producer(
+                settings.kafka,
+                linger_ms=20,
+                overrides=self.limits.producer_overrides([t.pairing]),
+            ),
+            self.codec,
+            topic=t.pairing,
+            budget=self.limits.budget(t.pairing),
+            oversized=self._fact_too_large,
         )
         self.pipeline: Pipeline = build_pipeline(
             settings, self.store, facts=self.facts, chain=chain
@@ -118,6 +151,9 @@ class Curator:
                 "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
                 "client.id": f"{settings.kafka.client_id}-curator-{settings.instance_id}",
                 "enable.partition.eof": False,
+                # Never start anywhere by itself: a position off the log is decided in
+                # resume.py (retention: the log start; past the end: refuse).
+                "auto.offset.reset": "error",
                 **(
                     {"group.instance.id": settings.static_member_id}
                     if settings.static_member_id
@@ -126,26 +162,40 @@ class Curator:
             },
         )
         self.notifier = Notifier(
-            make_producer(settings.kafka), self.codec, settings.kafka, curator=settings.instance_id
+            make_producer(
+                settings.kafka, overrides=self.limits.producer_overrides([t.dlq, t.gold])
+            ),
+            self.codec,
+            settings.kafka,
+            curator=settings.instance_id,
+            limits=self.limits,
         )
         self.assigned: set[TP] = set()
         # Each table's txn version per partition, as this process last saw or wrote it.
         self.known: dict[TableName, dict[TP, int | None]] = {t: {} for t in COMMIT_ORDER}
+        # The owner epoch this process claimed for each assigned partition (claims.py).
+        self.epochs: dict[TP, int] = {}
         self._end: dict[TP, int] = {}  # next offset after the batch, per partition read
         self._rows: dict[TableName, list[dict[str, Any]]] = {t: [] for t in COMMIT_ORDER}
         self._events = 0
         self._batch_started = time.monotonic()
         self._dlq_pending = False
         self._stop_at: dict[TP, int] = {}
-        self.gate = ReplayGate()
+        self.resume = Resume(settings, self.consumer, self.sink, self.store, self.known)
+        self.gate = self.resume.gate
         self.commits = 0
         self._failures = 0
+        self._abandoned = False
+        self._fenced_since: float | None = None
+        self._faults = 0  # injected so far (crash tests)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set (or, for a replay, until caught up)."""
         topics = [self.topics.runs, self.topics.feedback, self.topics.edits, self.topics.pairing]
+        # Refuse before joining the group if the topics were recreated under this lake.
+        self.resume.check(partitions_of(self.consumer, topics))
         self.consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -153,26 +203,43 @@ class Curator:
             "curator started",
             extra={"group": self.settings.group_id, "instance": self.settings.instance_id},
         )
-        batch = self.settings.batch
         try:
-            while not stop.is_set():
-                left = batch.max_seconds - (time.monotonic() - self._batch_started)
-                msgs = self.consumer.consume(
-                    num_messages=batch.consume_batch, timeout=max(0.0, min(left, 0.5))
-                )
-                for msg in msgs:
-                    self._handle(msg)
-                if self.gate.held:
-                    self._release_held()
-                self.notifier.poll()
-                self.facts.poll()
-                if self._due():
-                    self.flush()
-                if self.settings.start.stop_at_end and self._caught_up():
-                    break
-            self.flush()
+            self._loop(stop)
+        except BaseException as exc:
+            self._abandon(exc)
+            raise
         finally:
             self.close()
+
+    def _loop(self, stop: threading.Event) -> None:
+        batch = self.settings.batch
+        while not stop.is_set():
+            left = batch.max_seconds - (time.monotonic() - self._batch_started)
+            msgs = self.consumer.consume(
+                num_messages=batch.consume_batch, timeout=max(0.0, min(left, 0.5))
+            )
+            for msg in msgs:
+                self._handle(msg)
+            if self.gate.held:
+                self.resume.release_held()
+            self.notifier.poll()
+            self.facts.poll()
+            if self._due():
+                self.flush()
+            if self.settings.start.stop_at_end and self._caught_up():
+                break
+        self.flush()
+
+    def _abandon(self, exc: BaseException) -> None:
+        """The loop ended by an exception: nothing of the batch in progress may reach a table
+        (nor may the close path's revoke callback commit it); the state rolls back, and the
+        next start re-reads the batch from the lake's offsets."""
+        self._abandoned = True
+        log.error(
+            "batch abandoned: nothing of it was committed; the curator stops",
+            extra={"events": self._events, "error": type(exc).__name__},
+        )
+        self._drop("abandoned")
 
     def close(self) -> None:
         try:
@@ -190,16 +257,18 @@ class Curator:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
+        self._fenced_since = None
         self.assigned = set(tps)
-        positions = self._positions(tps)
-        self.gate.begin(positions, self._lake_ends(tps))
-        self._log_replay()
+        # Checked, then claimed before anything is read: from here on a zombie's commit is
+        # refused.
+        self.resume.check(tps)
+        self.epochs = claim(self.sink, tps, topics=self.resume.topic_ids) if tps else {}
+        positions = self.resume.start(tps)
         for p in partitions:
             p.offset = positions[(p.topic, p.partition)]
         if self.settings.start.stop_at_end:
-            for p in partitions:
-                _low, high = consumer.get_watermark_offsets(p, timeout=_WATERMARK_TIMEOUT_S)
-                self._stop_at[(p.topic, p.partition)] = high
+            for tp in tps:
+                self._stop_at[tp] = self.resume.marks[tp][1]
         consumer.assign(partitions)
         log.info(
             "assigned",
@@ -207,8 +276,10 @@ class Curator:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Still the owner while the callback runs: commit what was read, then let go.
-        self.flush()
+        # Still the owner while the callback runs: commit what was read, then let go; but
+        # never a batch that an unexpected error left half done.
+        if not self._abandoned:
+            self.flush()
         self._forget(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -223,65 +294,33 @@ class Curator:
         for p in partitions:
             tp = (p.topic, p.partition)
             self.assigned.discard(tp)
+            self.epochs.pop(tp, None)
             for table in COMMIT_ORDER:
                 self.known[table].pop(tp, None)
 
-    def _positions(self, tps: Sequence[TP]) -> dict[TP, int]:
-        """Where to resume each partition: from the lake's offsets and the state's, never
-        from Kafka's committed offsets."""
-        offsets = self.sink.offsets(tps)
-        for table in COMMIT_ORDER:
-            self.known[table].update(offsets[table])
-        dpo = offsets["dpo_pairs"]
-        ahead = [tp for tp in tps if _gt(self.store.applied(tp), dpo[tp])]
-        if ahead:
-            # State newer than the table (a restored table, a state file from elsewhere):
-            # it cannot be trusted; rebuild it from Kafka.
-            log.warning("state ahead of the lake; rebuilding", extra={"partitions": ahead})
-            self.store.reset()
-        out: dict[TP, int] = {}
-        for tp in tps:
-            committed, applied = dpo[tp], self.store.applied(tp)
-            if committed is None:
-                out[tp] = self._initial(tp)
-            elif applied is None:
-                out[tp] = self._window_start(tp, committed)
-            else:
-                out[tp] = applied
-        return out
-
-    def _initial(self, tp: TP) -> int:
-        start = self.settings.start
-        if start.mode == "offset" and start.offset is not None:
-            return start.offset
-        if start.mode == "timestamp" and start.timestamp_ms is not None:
-            return self._offset_for_time(tp, start.timestamp_ms, default=OFFSET_END)
-        return OFFSET_END if start.mode == "latest" else OFFSET_BEGINNING
-
-    def _window_start(self, tp: TP, committed: int) -> int:
-        """No local state for a partition the lake has seen: rebuild the joins from the
-        events inside the retention window (rows they re-derive are skipped)."""
-        since = int((time.time() - self.settings.join_window_s) * 1000)
-        found = self._offset_for_time(tp, since, default=committed)
-        return min(found, committed) if found >= 0 else OFFSET_BEGINNING
-
-    def _offset_for_time(self, tp: TP, ts_ms: int, *, default: int) -> int:
-        found = self.consumer.offsets_for_times(
-            [TopicPartition(tp[0], tp[1], ts_ms)], timeout=_WATERMARK_TIMEOUT_S
-        )
-        offset = int(found[0].offset)
-        return offset if offset >= 0 else default
-
     def _caught_up(self) -> bool:
-        if not self.assigned or not self._stop_at:
+        """A replay is done once every assigned partition's *position* reached the end it had
+        at the start (and the pairing topic's, the facts this replay wrote), nothing is held
+        or replaying and the last batch is committed. Positions, not the last message's
+        offset: a transactional producer's last offset is a commit marker that no message
+        has, and the consumer's position moves past it."""
+        if not self.assigned or not self._stop_at or self._end:
             return False
-        for tp in self.assigned:
+        if self.gate.held or self.gate.replaying:
+            return False
+        tps = sorted(self.assigned)
+        try:
+            found = self.consumer.position([TopicPartition(t, p) for t, p in tps])
+        except KafkaException as exc:
+            log.info("position unavailable", extra={"error": str(exc)})
+            return False
+        positions = {(p.topic, p.partition): p.offset for p in found}
+        for tp in tps:
             high = self._stop_at.get(tp, 0)
             if tp[0] == self.topics.pairing:
-                # Facts this replay wrote after it started are part of its input too.
                 high = max(high, self.facts.produced_end.get(tp[1], 0))
-            done = self.known["dpo_pairs"].get(tp) or 0
-            if done < high and high > 0:
+            done = max(positions.get(tp, -1), self.known["dpo_pairs"].get(tp) or 0)
+            if done < high:
                 return False
         return True
 
@@ -290,7 +329,10 @@ class Curator:
     def _handle(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if err.code() == KafkaError._AUTO_OFFSET_RESET and topic and partition is not None:
+                self.resume.off_the_log((topic, partition), offset or 0)
+            elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error", extra={"error": str(err)})
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -308,6 +350,7 @@ class Curator:
         replay = offset < (self.known["dpo_pairs"].get(tp) or 0)
         self._end[tp] = offset + 1
         self._events += 1
+        self._fault("while_handling")
         if topic == self.topics.pairing:
             self._handle_fact(msg, KafkaOrigin(topic, partition, offset), replay=replay)
             return
@@ -356,6 +399,8 @@ class Curator:
         else:
             if decoded.name != FACT_RECORD:
                 reason, detail = "invalid_event", f"a {decoded.name} record on the pairing topic"
+            elif (problem := fact_problem(decoded.record)) is not None:
+                reason, detail = "invalid_fact", problem
         if reason:
             if not replay:
                 self.notifier.dead_letter(msg, reason=reason, detail=detail)
@@ -375,6 +420,28 @@ class Curator:
                 msg, reason=refusal.reason, detail=refusal.detail, tenant=refusal.tenant
             )
             self._dlq_pending = True
+
+    def _fact_too_large(self, fact: Fact, value: bytes) -> None:
+        """A fact the pairing topic would refuse: dead-lettered under the position of the
+        event that made it (the pair it would make cannot form)."""
+        limit = self.limits.limit(self.topics.pairing)
+        self.notifier.send(
+            Letter(
+                topic=fact.origin.topic,
+                partition=fact.origin.partition,
+                offset=fact.origin.offset,
+                key=fact.key.encode(),
+                payload=value,
+                received_ms=fact.ts,
+                reason="fact_too_large",
+                detail=f"a {fact.kind} pairing fact of {len(value)} bytes does not fit the "
+                f"pairing topic (max.message.bytes {limit}); its pair is not formed",
+                tenant=fact.tenant,
+                about=f":fact:{fact.fact_id}",
+            )
+        )
+        self._dlq_pending = True
+        self.pipeline.summary.dlq["fact_too_large"] += 1
 
     def _check_routing(self, msg: Message, partition: int) -> None:
         """Regenerate facts find a parent run with Kafka's partitioner; a run that some other
@@ -401,28 +468,8 @@ class Curator:
     # -- commit -------------------------------------------------------------------------------
 
     def _collect(self, rows: Sequence[CuratedRow]) -> None:
-        """Keep the rows the tables do not hold yet.
-
-        ``sft_examples`` follows its own offsets (sampling is deterministic). The two pair
-        tables share one decision per candidate, and a replayed candidate may be judged
-        differently (near-dup and caps depend on order across partitions), so they are judged
-        together: ``rejected_candidates`` commits before ``dpo_pairs``, and where a crash left
-        it ahead, a candidate in between is looked up by ``candidate_id`` before it is written.
-        """
-        ambiguous: list[CuratedRow] = []
-        for row in rows:
-            if row.table == "sft_examples":
-                state = self._status(row, self.known["sft_examples"], self.known["dpo_pairs"])
-            else:
-                state = self._status(
-                    row, self.known["dpo_pairs"], self.known["rejected_candidates"]
-                )
-            if state == "new":
-                self._rows[row.table].append(row.row)
-            elif state == "ambiguous":
-                ambiguous.append(row)
-            else:
-                metrics.REPLAYED_ROWS_SKIPPED.labels(table=row.table).inc()
+        """Keep the rows the tables do not hold yet (``replayed.py``)."""
+        fresh, ambiguous = sort_replayed(rows, self.known, self.assigned)
         if ambiguous:
             written = self.sink.existing_candidates(
                 [r.candidate_key for r in ambiguous if r.candidate_key is not None]
@@ -431,28 +478,9 @@ class Curator:
                 if row.candidate_key in written:
                     metrics.REPLAYED_ROWS_SKIPPED.labels(table=row.table).inc()
                 else:
-                    self._rows[row.table].append(row.row)
-
-    def _status(
-        self,
-        row: CuratedRow,
-        low: dict[TP, int | None],
-        other: dict[TP, int | None],
-    ) -> str:
-        """``new`` if an owned ingredient is past both offsets, ``old`` if all are below
-        ``low``; in between, ``ambiguous``."""
-        verdict = "old"
-        for origin in row.ingredients:
-            tp = (origin.topic, origin.partition)
-            if tp not in self.assigned:
-                continue
-            lo = low.get(tp) or 0
-            hi = max(lo, other.get(tp) or 0)
-            if origin.offset >= hi:
-                return "new"
-            if origin.offset >= lo:
-                verdict = "ambiguous"
-        return verdict
+                    fresh.append(row)
+        for row in fresh:
+            self._rows[row.table].append(row.row)
 
     def flush(self) -> None:
         """Commit the micro-batch: Delta (fenced), then state, then Kafka offsets."""
@@ -462,19 +490,21 @@ class Curator:
             self.pipeline.fire_timers()
             self._collect(self.pipeline.drain())
             self.pipeline.expire()
+            self.facts.flush()  # a message is only passed once the facts it made are durable
             if self._dlq_pending:
-                self.notifier.flush()  # a message is only passed once its letter is durable
-            self.facts.flush()  # ... and once the facts it made are
+                self.notifier.flush()  # ... and its letter (an oversized fact's too)
             end = dict(self._end)
-            done = self.sink.commit(self._rows, known=self.known, end=end)
+            done = self.sink.commit(self._rows, known=self.known, end=end, epochs=self.epochs)
         except ZombieError as exc:
             log.warning("fenced: another curator owns a partition", extra={"error": str(exc)})
             self._drop("zombie")
+            self._fenced_too_long(exc)
             self._reseek()
             return
-        except FlywheelError as exc:
+        except _TRANSIENT as exc:
             # A lost commit race, a failing toxicity scorer (fail closed), an unacknowledged
             # dead letter: nothing of the batch counts; re-read it after a bounded backoff.
+            # Anything else leaves through ``run``, which abandons the batch.
             self._failures += 1
             backoff = min(_MAX_BACKOFF_S, _BASE_BACKOFF_S * 2 ** (self._failures - 1))
             log.error(
@@ -494,6 +524,7 @@ class Curator:
         self.store.commit(end)
         self.pipeline.committed()
         self._failures = 0
+        self._fenced_since = None
         self.commits += len(done)
         self._commit_kafka(dpo_done)
         for committed in done:
@@ -505,6 +536,7 @@ class Curator:
                     rows=committed.rows,
                     tenants=committed.tenants,
                 )
+        self.sink.upkeep()  # compaction and checkpoints, between batches
         log.debug(
             "committed",
             extra={
@@ -513,6 +545,16 @@ class Curator:
             },
         )
         self._reset_batch()
+
+    def _fenced_too_long(self, exc: ZombieError) -> None:
+        """A zombie learns from the group within a session timeout that it lost its
+        partitions. Fenced for much longer while still assigned them, this process was fenced
+        by something the group does not know of (an offset reset): stop, and let the restart
+        claim them again."""
+        now = time.monotonic()
+        self._fenced_since = self._fenced_since or now
+        if now - self._fenced_since > _FENCED_SESSIONS * self.settings.session_timeout_ms / 1000:
+            raise FencedError(str(exc)) from exc
 
     def _commit_kafka(self, offsets: dict[TP, int | None]) -> None:
         # A convenience for lag monitoring only; positions always come from the lake.
@@ -523,6 +565,9 @@ class Curator:
             self.consumer.commit(offsets=tps, asynchronous=True)
         except KafkaException as exc:
             log.info("kafka offset commit skipped", extra={"error": str(exc)})
+
+    def _reseek(self) -> None:
+        self.resume.reseek(sorted(self.assigned))
 
     def _drop(self, reason: str) -> None:
         metrics.BATCHES_DROPPED.labels(reason=reason).inc()
@@ -539,71 +584,19 @@ class Curator:
         self._dlq_pending = False
         self._batch_started = time.monotonic()
 
-    def _reseek(self) -> None:
-        if not self.assigned:
-            return
-        tps = sorted(self.assigned)
-        positions = self._positions(tps)
-        held = self.gate.begin(positions, self._lake_ends(tps))
-        self._log_replay()
-        for tp in tps:
-            try:
-                self.consumer.seek(TopicPartition(tp[0], tp[1], positions[tp]))
-            except KafkaException as exc:
-                # Not assigned any more (a rebalance is under way): the next assignment seeks.
-                log.info("seek skipped", extra={"partition": tp, "error": str(exc)})
-        self._resume(held)
-
-    def _log_replay(self) -> None:
-        if self.gate.replaying:
-            log.info(
-                "re-applying what the lake holds; newer messages wait",
-                extra={"partitions": [f"{t}[{p}]" for t, p in self.gate.replaying]},
-            )
-
-    def _lake_ends(self, tps: Sequence[TP]) -> dict[TP, int | None]:
-        """Per partition, the furthest offset any table holds: the end of the replay."""
-        out: dict[TP, int | None] = {}
-        for tp in tps:
-            ends = [v for t in COMMIT_ORDER if (v := self.known[t].get(tp)) is not None]
-            out[tp] = max(ends) if ends else None
-        return out
-
-    def _release_held(self) -> None:
-        """Rewind and resume the partitions the gate held once every replay is done."""
-        replaying = self.gate.replaying
-        if replaying:
-            try:
-                positions = self.consumer.position([TopicPartition(t, p) for t, p in replaying])
-            except KafkaException as exc:
-                log.info("position unavailable", extra={"error": str(exc)})
-                return
-            self.gate.reached(((p.topic, p.partition), p.offset) for p in positions)
-        held = self.gate.release()
-        if held:
-            log.info("replay done; new messages flow again", extra={"held": len(held)})
-        for (topic, partition), offset in held.items():
-            try:
-                self.consumer.seek(TopicPartition(topic, partition, offset))
-            except KafkaException as exc:
-                log.info("seek skipped", extra={"partition": (topic, partition), "error": str(exc)})
-        self._resume(list(held))
-
-    def _resume(self, tps: Sequence[TP]) -> None:
-        if not tps:
-            return
-        try:
-            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
-        except KafkaException as exc:
-            log.info("resume skipped", extra={"error": str(exc)})
-
     # -- faults (crash tests only) --------------------------------------------------------------
 
     def _fault(self, point: FaultPoint) -> None:
         faults = self.settings.faults
-        if point in faults.crash_at and self._rng.random() < faults.probability:
-            log.warning("fault injected: SIGKILL", extra={"point": point})
-            os.kill(os.getpid(), signal.SIGKILL)
+        if point not in faults.crash_at or self._rng.random() >= faults.probability:
+            return
+        if faults.max_faults is not None and self._faults >= faults.max_faults:
+            return
+        self._faults += 1
+        log.warning(f"fault injected: {faults.mode}", extra={"point": point})
+        if faults.mode == "raise":
+            raise InjectedFault(point)
+        os.kill(os.getpid(), signal.SIGSTOP if faults.mode == "stop" else signal.SIGKILL)
 
 
 def _prepare_pairing_topic(settings: CuratorSettings) -> int:
@@ -615,12 +608,6 @@ def _prepare_pairing_topic(settings: CuratorSettings) -> int:
     partitions = len(runs.partitions) if runs is not None else settings.kafka.partitions
     ensure_topics(settings.kafka, [topics.pairing], partitions=partitions)
     return partitions
-
-
-def _gt(a: int | None, b: int | None) -> bool:
-    if a is None:
-        return False
-    return b is None or a > b
 
 
 def stop_on_signals(stop: threading.Event) -> Callable[[], None]:

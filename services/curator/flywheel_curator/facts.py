@@ -22,16 +22,17 @@ counts it once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 from flywheel_common.codec import AvroCodec
-from flywheel_common.kafka import flush_or_raise, produce_when_room
+from flywheel_common.kafka import produce_when_room
 from flywheel_common.lake import content_hash
 
 from flywheel_curator.candidate import KafkaOrigin
+from flywheel_curator.delivery import Deliveries
 from flywheel_curator.sources import RunView, prompt_key
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "FactSink",
     "KafkaFacts",
     "LoopbackFacts",
+    "fact_problem",
     "kept_fact",
     "rated_fact",
     "regenerated_fact",
@@ -209,20 +211,30 @@ class KafkaFacts:
     end must also read what it wrote itself).
 
     Facts are buffered until ``flush``: one burst per batch costs a fraction of a produce call
-    per fact made while the consumer and the broker compete for the same cores."""
+    per fact made while the consumer and the broker compete for the same cores. A fact larger
+    than the topic takes (``budget`` bytes of key and value) is handed to ``oversized`` (which
+    dead-letters it) instead: the broker would refuse it on every retry."""
 
-    def __init__(self, producer: Producer, codec: AvroCodec, *, topic: str) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        codec: AvroCodec,
+        *,
+        topic: str,
+        budget: int,
+        oversized: Callable[[Fact, bytes], None],
+    ) -> None:
         self._producer = producer
         self._codec = codec
         self.topic = topic
         self.produced_end: dict[int, int] = {}
         self._buffer: list[Fact] = []
-        self._failed = 0
+        self._budget = budget
+        self._oversized = oversized
+        self._deliveries = Deliveries("pairing facts")
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._failed += 1
-            log.error("fact not produced", extra={"error": str(err)})
+        if not self._deliveries.report(err):
             return
         partition, offset = msg.partition(), msg.offset()
         if partition is not None and offset is not None:
@@ -238,19 +250,36 @@ class KafkaFacts:
     def flush(self, timeout_s: float = _FLUSH_TIMEOUT_S) -> None:
         """Produce the buffered facts and wait until every one is acknowledged; raise if any
         was not (the batch that made them must then not commit)."""
-        if not self._buffer and not self._failed:
-            return
         facts, self._buffer = self._buffer, []
         for fact in facts:
+            value, key = self._codec.encode(FACT_RECORD, fact.to_record()), fact.key.encode()
+            if len(value) + len(key) > self._budget:
+                self._oversized(fact, value)
+                continue
             produce_when_room(
-                self._producer,
-                self.topic,
-                value=self._codec.encode(FACT_RECORD, fact.to_record()),
-                key=fact.key.encode(),
-                on_delivery=self._on_delivery,
+                self._producer, self.topic, value=value, key=key, on_delivery=self._on_delivery
             )
-        failed, self._failed = self._failed, 0
-        flush_or_raise(self._producer, timeout_s=timeout_s, failed=failed, what="pairing facts")
+        self._deliveries.flush(self._producer, timeout_s=timeout_s)
 
     def poll(self) -> None:
         self._producer.poll(0)
+
+
+def fact_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a decoded fact cannot be applied, or None. Avro checked the types; this checks what
+    each kind needs (a fact of an unknown kind is skipped, not malformed)."""
+    kind = record.get("kind")
+    if kind not in _KINDS:
+        return None
+    if not record.get("key"):
+        return f"a {kind} fact with an empty key"
+    if kind == "regenerated":
+        return None
+    for part in ("run", "signal"):
+        if record.get(part) is None:
+            return f"a {kind} fact without its {part}"
+    if kind == "kept" and record["run"].get("parent_run_id") != record["key"]:
+        return "a kept fact whose run is not a regeneration of the run it is keyed by"
+    if kind == "rated" and record.get("polarity") not in (1, -1):
+        return f"a rated fact with polarity {record.get('polarity')}, not +1 or -1"
+    return None

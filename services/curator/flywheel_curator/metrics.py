@@ -29,6 +29,7 @@ __all__ = [
     "SFT",
     "STATE_ROWS",
     "STREAM_TIME_HELD_BACK",
+    "UPKEEP_SECONDS",
     "labeled",
 ]
 
@@ -68,6 +69,12 @@ COMMIT_SECONDS = Histogram(
     "Time in one Delta commit",
     ["table"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+UPKEEP_SECONDS = Histogram(
+    "flywheel_curator_upkeep_seconds",
+    "Time in one round of table upkeep (compaction, checkpoint), between batches",
+    ["table"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 ROWS_WRITTEN = Counter("flywheel_curator_rows_written", "Rows committed", ["table"])
 REPLAYED_ROWS_SKIPPED = Counter(

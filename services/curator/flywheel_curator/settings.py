@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flywheel_curator.filters.settings import FilterSettings
 from flywheel_curator.sink import FaultPoint
+from flywheel_curator.upkeep import UpkeepSettings
 
 __all__ = [
     "BatchSettings",
@@ -21,6 +22,7 @@ __all__ = [
     "FaultSettings",
     "StartSettings",
     "StreamTimeSettings",
+    "UpkeepSettings",
 ]
 
 DEFAULT_GROUP = "flywheel-curator"
@@ -84,13 +86,17 @@ class StreamTimeSettings(BaseModel):
 
 
 class FaultSettings(BaseModel):
-    """Fault injection for the crash tests: SIGKILL this process at the named points with
-    ``probability``. Never set in production."""
+    """Fault injection for the crash tests: at the named points, with ``probability``, SIGKILL
+    this process (``kill``), raise an unexpected exception (``raise``) or SIGSTOP it until
+    someone sends SIGCONT (``stop``: a zombie paused at that point), at most ``max_faults``
+    times. Never set in production."""
 
     model_config = ConfigDict(frozen=True)
 
     crash_at: tuple[FaultPoint, ...] = ()
     probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    mode: Literal["kill", "raise", "stop"] = "kill"
+    max_faults: int | None = Field(default=None, ge=1)
 
 
 class CuratorSettings(BaseSettings):
@@ -106,6 +112,7 @@ class CuratorSettings(BaseSettings):
     start: StartSettings = StartSettings()
     stream_time: StreamTimeSettings = StreamTimeSettings()
     faults: FaultSettings = FaultSettings()
+    upkeep: UpkeepSettings = UpkeepSettings()
 
     group_id: str = DEFAULT_GROUP
     instance_id: str = Field(default_factory=_instance_id)
@@ -119,6 +126,5 @@ class CuratorSettings(BaseSettings):
     # 0 turns the "no further regenerate" signal off (only copy, accept and rate-up count).
     regenerate_quiet_s: float = Field(default=DEFAULT_REGENERATE_QUIET_S, ge=0.0)
     session_timeout_ms: int = Field(default=DEFAULT_SESSION_TIMEOUT_MS, ge=1_000)
-    checkpoint_interval: int = Field(default=100, ge=1)
     state_cache_kib: int = Field(default=16_384, ge=256)
     metrics_port: int | None = None
