@@ -1,20 +1,18 @@
 """What the deploy test sends to the stack: runs and the users' edits of them, varied enough
 that every edit passes the curator's filters as its own gold pair.
 
-``send_events`` is the one place events leave the test. It posts through httpx until the
-Python SDK (``flywheel_client``) is on main; then its body becomes the SDK's send call.
+``send_edits`` is the one place events leave the test, through the Python SDK as an app would
+send them.
 """
 
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
 
-import httpx
+from flywheel_client import Flywheel
 
 # 120 made-up words: two random texts share almost no 3-word shingles (the near-dup filter),
 # and none is a name, a number or an insult (the PII and toxicity filters).
@@ -23,15 +21,24 @@ _WORDS = tuple(
     for head in ("ka", "lo", "mi", "nu", "pe", "ri", "so", "tu", "va", "ze")
     for tail in ("ban", "dor", "fel", "gim", "hul", "jas", "kor", "lum", "mev", "nix", "pod", "rav")
 )
-_RETRIABLE = frozenset({429, 502, 503, 504})
 
 
-def edit_events(count: int, *, seed: int, tenant_users: int = 40) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class EditCase:
+    """One run and the user's edit of its answer."""
+
+    run_id: str
+    prompt: str
+    original: str
+    final: str
+    user: str
+
+
+def edit_events(count: int, *, seed: int, tenant_users: int = 40) -> list[EditCase]:
     """``count`` runs, each followed by the user's edit of its answer (one gold pair each)."""
     rng = random.Random(seed)  # test data
-    events: list[dict[str, Any]] = []
+    cases: list[EditCase] = []
     for i in range(count):
-        run_id = str(uuid.uuid4())
         prompt = f"Question {i}: how do I " + " ".join(rng.sample(_WORDS, 8)) + "?"
         original = " ".join(rng.sample(_WORDS, 18))
         words = original.split()
@@ -39,54 +46,35 @@ def edit_events(count: int, *, seed: int, tenant_users: int = 40) -> list[dict[s
             words[position] = rng.choice(_WORDS)
         final = " ".join(words) + " " + " ".join(rng.sample(_WORDS, 4))
         user = f"user-{i % tenant_users}"
-        now = datetime.now(tz=UTC).isoformat()
-        common = {"run_id": run_id, "occurred_at": now, "user_id": user, "feature": "support"}
-        events.append(
-            {
-                "type": "run",
-                "event_id": str(uuid.uuid4()),
-                "prompt": prompt,
-                "response": original,
-                "model": "tiny-llama",
-                **common,
-            }
-        )
-        events.append(
-            {
-                "type": "edit",
-                "event_id": str(uuid.uuid4()),
-                "prompt": prompt,
-                "original": original,
-                "final": final,
-                **common,
-            }
-        )
-    return events
+        cases.append(EditCase(str(uuid.uuid4()), prompt, original, final, user))
+    return cases
 
 
-def send_events(
-    url: str, api_key: str, events: Sequence[dict[str, Any]], *, timeout_s: float = 60.0
+def send_edits(
+    url: str, api_key: str, cases: Sequence[EditCase], *, timeout_s: float = 60.0
 ) -> list[str]:
-    """POST ``events`` as one batch; retried on 429/503 until acknowledged (event ids make a
-    retry safe). The acknowledged event ids, in order."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.2
-    with httpx.Client(base_url=url, timeout=10.0) as client:
-        while True:
-            try:
-                response = client.post(
-                    "/v1/events",
-                    json={"events": list(events)},
-                    headers={"authorization": f"Bearer {api_key}"},
-                )
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-            else:
-                if response.status_code == 202:
-                    ids: list[str] = response.json()["event_ids"]
-                    return ids
-                if response.status_code not in _RETRIABLE or time.monotonic() > deadline:
-                    raise AssertionError(f"ingest answered {response.status_code}: {response.text}")
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    """Log each case's run and edit through the SDK and wait until every event is delivered
+    (the SDK retries 429/503 with backoff; event ids make a retry safe). The edits' event ids."""
+    with Flywheel(url, api_key, linger_s=0.05) as client:
+        edit_ids = []
+        for case in cases:
+            client.log_run(
+                prompt=case.prompt,
+                response=case.original,
+                model="tiny-llama",
+                run_id=case.run_id,
+                user_id=case.user,
+                feature="support",
+            )
+            edit_id = client.edit(
+                case.run_id,
+                original=case.original,
+                final=case.final,
+                user_id=case.user,
+                feature="support",
+            )
+            edit_ids.append(edit_id)
+        delivered = client.flush(timeout_s)
+        stats = client.stats()
+    assert delivered and stats.delivered == 2 * len(cases), stats
+    return edit_ids
